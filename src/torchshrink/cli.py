@@ -1,0 +1,161 @@
+"""The ``torchshrink`` command line: run, recipes, sensitivity, inspect, eval.
+
+Bad input ends with a one-line ``error: ...`` on stderr and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import TorchshrinkError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make trained PyTorch networks smaller and faster, measured honestly.")
+console = Console()
+err = Console(stderr=True)
+
+RecipeArg = Annotated[str, typer.Argument(help="recipe file, or the name of a shipped recipe (see `torchshrink recipes`)")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory (default: runs/<recipe name>)")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="random seed (overrides the recipe's)")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="override a recipe value, e.g. --set data.name=digits --set stages.0.finetune.epochs=5")]
+
+
+@app.command()
+def run(
+    recipe: RecipeArg = "default",
+    out: OutOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its checkpoints")] = False,
+    seed: SeedOpt = None,
+    progress: ProgressOpt = True,
+    set_: SetOpt = None,
+) -> None:
+    """Run a recipe: train or load the baseline, apply each stage, measure, report."""
+    from .pipeline import run_recipe
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe, set_)
+    out = out or Path("runs") / r.name
+    res = run_recipe(r, out, resume=resume, seed=seed, progress=progress, console=console)
+    console.print(f"wrote {res.out / 'report.json'} and {res.out / 'model.safetensors'}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes (usable by name in `run` and `sensitivity`)."""
+    from rich.table import Table
+
+    from .recipe import shipped_recipes
+
+    t = Table(title="shipped recipes")
+    t.add_column("name")
+    t.add_column("description")
+    for name, desc in shipped_recipes().items():
+        t.add_row(name, desc)
+    console.print(t)
+
+
+@app.command()
+def sensitivity(
+    recipe: RecipeArg = "default",
+    out: OutOpt = None,
+    sparsities: Annotated[Optional[str], typer.Option(help="comma-separated grid, e.g. 0,0.5,0.9")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="comma-separated layer name patterns")] = None,
+    resume: Annotated[bool, typer.Option(help="reuse the baseline checkpoint in OUT")] = False,
+    seed: SeedOpt = None,
+    progress: ProgressOpt = True,
+    set_: SetOpt = None,
+) -> None:
+    """Prune each layer alone over a grid of sparsities; write a table, JSON and a PNG plot."""
+    from .pipeline import RunState, prepare, train_baseline
+    from .recipe import load_recipe
+    from .sensitivity import sensitivity as analyse
+    from .sensitivity import sensitivity_table, write_sensitivity
+    from .train import TrainConfig, evaluate
+
+    r = load_recipe(recipe, set_)
+    out = out or Path("runs") / f"{r.name}-sensitivity"
+    grid = _floats(sparsities, "sparsities") if sparsities else r.sensitivity.sparsities
+    pats = [p.strip() for p in layers.split(",")] if layers else r.sensitivity.layers
+    seed = r.seed if seed is None else seed
+    data, model = prepare(r, seed)
+    st = RunState(r, data, model, out, seed, resume, progress, console, r.baseline.train or TrainConfig())
+    train_baseline(st)
+    base = evaluate(model, data.test)["accuracy"]
+    curves = analyse(model, data.test, grid, pats, progress=progress)
+    write_sensitivity(curves, out, base)
+    console.print(sensitivity_table(curves))
+    console.print(f"baseline accuracy {base:.4f}; wrote {out / 'sensitivity.json'} and {out / 'sensitivity.png'}")
+
+
+@app.command()
+def inspect(file: Annotated[Path, typer.Argument(help="a model file written by `torchshrink run`")]) -> None:
+    """Show each layer of a model file: shape, parameters, nonzeros, bits per weight, bytes."""
+    from rich.table import Table
+
+    from .weights import read_weights
+
+    tensors, meta = read_weights(file)
+    total = file.stat().st_size
+    t = Table(title=f"{file} ({total:,} bytes)")
+    for col in ("tensor", "shape", "dtype", "params", "nonzeros", "kept", "bytes", "share"):
+        t.add_column(col, justify="left" if col in ("tensor", "shape", "dtype") else "right")
+    for k, v in tensors.items():
+        n, nz = v.numel(), int(v.count_nonzero())
+        b = n * v.element_size()
+        t.add_row(k, "×".join(map(str, v.shape)) or "scalar", str(v.dtype).removeprefix("torch."), f"{n:,}",
+                  f"{nz:,}", f"{nz / max(n, 1):.1%}", f"{b:,}", f"{b / total:.1%}")
+    console.print(t)
+    for k, v in meta.items():
+        console.print(f"[dim]{k}[/dim]: {v[:200]}")
+
+
+@app.command("eval")
+def eval_(
+    file: Annotated[Path, typer.Argument(help="a model file written by `torchshrink run`")],
+    data: Annotated[str, typer.Option(help="data set name")] = "digits",
+    root: Annotated[Optional[Path], typer.Option(help="data directory (MNIST, CIFAR-10)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="evaluate the first N test samples")] = None,
+) -> None:
+    """Evaluate a model file's accuracy on a data set's test split."""
+    from .data import load_data
+    from .train import evaluate
+    from .weights import model_from_weights
+
+    model, _ = model_from_weights(file)
+    bundle = load_data(data, root, limit=limit)
+    res = evaluate(model, bundle.test)
+    console.print(f"{file}: accuracy {res['accuracy']:.4f} on {len(bundle.test)} {data} test samples "
+                  f"(loss {res['loss']:.4f})")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TorchshrinkError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+    if not vals or any(not 0 <= v < 1 for v in vals):
+        raise TorchshrinkError(f"--{what} values must be in [0, 1), got {text!r}")
+    return vals
+
+
+def main() -> None:
+    """Entry point: run the app, turning torchshrink errors into one line and exit code 2."""
+    try:
+        app()
+    except TorchshrinkError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun with --resume to continue")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

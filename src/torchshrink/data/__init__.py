@@ -1,0 +1,61 @@
+"""Data sets by name: ``load_data("digits")`` returns a :class:`DataBundle`.
+
+``digits`` (the default) is scikit-learn's bundled 8x8 digits and needs no files.
+``mnist``, ``fashion_mnist`` and ``cifar10`` read the official files from ``root``;
+they are fetched (with checksums) only when ``download=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from .bundle import DataBundle
+from .cifar import load_cifar10_bundle
+from .digits import load_digits_bundle
+from .idx import load_idx_bundle
+
+__all__ = ["DataBundle", "default_root", "list_datasets", "load_data"]
+
+DEFAULT_DATASET = "digits"
+_DATASETS = ("cifar10", "digits", "fashion_mnist", "mnist")
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`load_data`, sorted."""
+    return list(_DATASETS)
+
+
+def default_root() -> Path:
+    """Where data files are looked for when ``root`` is None: ``~/.cache/torchshrink/data``."""
+    return Path("~/.cache/torchshrink/data").expanduser()
+
+
+def load_data(
+    name: str = DEFAULT_DATASET,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    split_seed: int = 0,
+    limit: int | None = None,
+) -> DataBundle:
+    """Load the data set ``name`` as normalized float32 images and int64 labels.
+
+    ``root``: directory of the data files (default :func:`default_root`; unused by digits).
+    ``download``: fetch missing files from the official mirrors (never done otherwise).
+    ``split_seed``: seeds the digits train/test split (the other sets have fixed splits).
+    ``limit``: keep only the first ``limit`` train and first ``limit`` test samples.
+    """
+    if not isinstance(name, str) or name not in _DATASETS:
+        allowed = ", ".join(list_datasets())
+        raise DataError(f"Unknown data set {name!r}; available data sets: {allowed}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"The 'limit' parameter must be a positive int or None. Got {limit!r}.")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise DataError(f"The 'split_seed' parameter must be an int >= 0. Got {split_seed!r}.")
+    directory = default_root() if root is None else Path(root).expanduser()
+    if name == "digits":
+        return load_digits_bundle(split_seed, limit)
+    if name == "cifar10":
+        return load_cifar10_bundle(directory, bool(download), limit)
+    return load_idx_bundle(name, directory, bool(download), limit)

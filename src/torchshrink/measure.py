@@ -1,0 +1,362 @@
+"""Measuring a model honestly: parameters, nonzeros, MACs, bytes, latency, accuracy.
+
+Every figure is taken from the *effective* model, the one training, evaluation and export
+see: a pruned layer's ``weight`` is the masked weight (see :mod:`torchshrink.transforms`).
+
+MACs (multiply-accumulates) are counted per sample, as in Han et al. 2015 ("Learning both
+Weights and Connections", Table 1) and Li et al. 2017 (FLOPs, Table 2): a weight is used
+once per output position, so a layer costs ``weight.numel() x positions`` MACs, where
+positions is 1 for a Linear layer on a vector and ``H_out x W_out`` for a Conv2d. A
+grouped convolution's weight is already ``(C_out, C_in / groups, kH, kW)``, so groups are
+accounted for. The *effective* count uses only the nonzero weights (what a sparse kernel
+has to do). Bias additions and padded positions follow the usual convention: biases are
+not counted, padded inputs are.
+"""
+
+from __future__ import annotations
+
+import numbers
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .errors import DataError, ModelError
+from .selection import unwrap, weight_layers
+from .transforms import effective_state_dict
+
+_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Linear, "linear"),
+    (nn.Conv1d, "conv1d"),
+    (nn.Conv2d, "conv2d"),
+    (nn.Conv3d, "conv3d"),
+)
+
+
+@dataclass
+class LayerStats:
+    """Size and cost of one weight layer (Linear / Conv), measured on effective tensors.
+
+    ``params`` and ``nonzeros`` count weight and bias entries; ``sparsity`` is that of the
+    weight alone. ``bits_per_weight`` is the storage cost per weight: 32 for dense fp32
+    until a file format reports the real figure.
+    """
+
+    name: str
+    kind: str
+    shape: list[int]
+    params: int
+    nonzeros: int
+    sparsity: float
+    macs_dense: int
+    macs_effective: int
+    fp32_bytes: int
+    bits_per_weight: float = 32.0
+
+    def to_dict(self) -> dict:
+        """A plain JSON-able dict of the fields."""
+        return asdict(self)
+
+
+def layer_stats(model: nn.Module, input_shape: Sequence[int]) -> list[LayerStats]:
+    """Per-layer statistics of every Linear / Conv layer, in definition order.
+
+    ``input_shape`` is the shape of ONE sample, without the batch dimension (``(1, 28,
+    28)``). One forward pass on a zeros batch of size 1, with forward hooks, learns each
+    layer's output size; it runs in eval mode under ``torch.no_grad()`` and leaves the
+    model's modes and weights as they were. A layer the forward pass never reaches gets
+    zero MACs; a layer called several times is counted once per call.
+    """
+    _check_model(model)
+    shape = _check_shape(input_shape)
+    layers = weight_layers(model)
+    positions = _output_positions(model, shape, layers)
+    sd = effective_state_dict(model)
+    out: list[LayerStats] = []
+    for name, layer in layers:
+        weight, bias = _weight_and_bias(sd, name)
+        w_nz = int(torch.count_nonzero(weight))
+        b_numel = 0 if bias is None else bias.numel()
+        b_nz = 0 if bias is None else int(torch.count_nonzero(bias))
+        pos = positions.get(name, 0)
+        params = weight.numel() + b_numel
+        out.append(
+            LayerStats(
+                name=name,
+                kind=_kind(layer),
+                shape=list(weight.shape),
+                params=params,
+                nonzeros=w_nz + b_nz,
+                sparsity=1.0 - w_nz / weight.numel() if weight.numel() else 0.0,
+                macs_dense=weight.numel() * pos,
+                macs_effective=w_nz * pos,
+                fp32_bytes=4 * params,
+            )
+        )
+    return out
+
+
+def model_summary(model: nn.Module, input_shape: Sequence[int]) -> dict:
+    """Whole-model totals.
+
+    ``params`` / ``nonzero_params``: every parameter tensor of the effective state dict
+    (weights, biases, batch-norm affine terms; buffers such as running statistics are not
+    parameters). ``weight_params`` / ``weight_nonzeros``: the weight tensors of the
+    Linear / Conv layers only (no biases), the figure pruning papers report.
+    ``macs_dense`` / ``macs_effective``: per-sample sums over those layers.
+    ``dense_bytes``: raw tensor bytes of the effective state dict stored as fp32 (every
+    entry, buffers included); :func:`state_dict_bytes` is the same plus the file header.
+    """
+    stats = layer_stats(model, input_shape)
+    sd = effective_state_dict(model)
+    buffers = {n for n, _ in unwrap(model).named_buffers()}
+    params = nonzero = dense_bytes = 0
+    for key, t in sd.items():
+        dense_bytes += t.numel() * (4 if t.is_floating_point() else t.element_size())
+        if key not in buffers:
+            params += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+    weights = [_weight_and_bias(sd, name)[0] for name, _ in weight_layers(model)]
+    return {
+        "params": params,
+        "nonzero_params": nonzero,
+        "weight_params": sum(w.numel() for w in weights),
+        "weight_nonzeros": sum(int(torch.count_nonzero(w)) for w in weights),
+        "macs_dense": sum(s.macs_dense for s in stats),
+        "macs_effective": sum(s.macs_effective for s in stats),
+        "dense_bytes": dense_bytes,
+    }
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """MEASURED size in bytes of the model's plain fp32 state dict as a safetensors file.
+
+    The effective state dict (floating tensors as float32) is serialized with
+    ``safetensors.torch.save``; this is the honest baseline for compression ratios.
+    Tied tensors are stored once per key, as in a plain state dict saved entry by entry.
+    """
+    from safetensors.torch import save
+
+    _check_model(model)
+    tensors = {
+        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous().clone()
+        for k, v in effective_state_dict(model).items()
+    }
+    return len(save(tensors))
+
+
+def latency_ms(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    *,
+    repeats: int = 50,
+    warmup: int = 5,
+    max_seconds: float = 5.0,
+) -> dict:
+    """Wall-clock forward latency of one batch: ``{"median_ms", "p90_ms", "runs"}``.
+
+    Runs in eval mode (restored afterwards) under ``torch.inference_mode()``, timed with
+    ``time.perf_counter``, on a fixed pseudo-random normal input (not zeros, so kernels
+    that skip zero activations are not flattered). Warm-up and timed runs each stop early
+    once ``max_seconds`` have passed, keeping at least 3 timed runs (or ``repeats`` if
+    fewer).
+    """
+    _check_model(model)
+    shape = _check_shape(input_shape)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("repeats", repeats, 1)
+    _check_int("warmup", warmup, 0)
+    if not isinstance(max_seconds, numbers.Real) or not max_seconds > 0:
+        raise ModelError(f"The 'max_seconds' parameter must be a positive number. Got {max_seconds!r}.")
+    device, dtype = _device_dtype(model)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch_size, *shape), generator=gen).to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    times: list[float] = []
+    with _eval_mode(model), torch.inference_mode():
+        start = time.perf_counter()
+        for _ in range(warmup):
+            _forward(model, x, shape)
+            if time.perf_counter() - start > max_seconds:
+                break
+        sync()
+        start = time.perf_counter()
+        while len(times) < repeats:
+            t0 = time.perf_counter()
+            _forward(model, x, shape)
+            sync()
+            t1 = time.perf_counter()
+            times.append((t1 - t0) * 1e3)
+            if t1 - start > max_seconds and len(times) >= min(3, repeats):
+                break
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": float(np.percentile(times, 90)),
+        "runs": len(times),
+    }
+
+
+def latency_table(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batches: Sequence[int] = (1, 64),
+    *,
+    repeats: int = 50,
+    warmup: int = 5,
+    max_seconds: float = 5.0,
+) -> dict[str, dict]:
+    """:func:`latency_ms` for each batch size, keyed ``"batch_1"``, ``"batch_64"``, ..."""
+    return {
+        f"batch_{b}": latency_ms(
+            model, input_shape, b, repeats=repeats, warmup=warmup, max_seconds=max_seconds
+        )
+        for b in batches
+    }
+
+
+def accuracy(
+    model: nn.Module, dataset_or_loader: Dataset | DataLoader, batch_size: int = 512
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``argmax(model(x), dim=1)`` against integer labels.
+
+    Accepts a ``TensorDataset`` ``(x, y)`` (sliced directly, in order), any map-style
+    dataset of ``(x, y)`` pairs, or a ``DataLoader`` yielding ``(x, y)`` batches. Runs in
+    eval mode (restored afterwards) under ``torch.no_grad()``.
+    """
+    _check_model(model)
+    _check_int("batch_size", batch_size, 1)
+    device, _ = _device_dtype(model)
+    correct = total = 0
+    with _eval_mode(model), torch.no_grad():
+        for x, y in _batches(dataset_or_loader, batch_size):
+            out = _forward(model, x.to(device), tuple(x.shape[1:]))
+            if out.dim() != 2 or out.shape[0] != y.shape[0]:
+                raise ModelError(
+                    f"accuracy needs model outputs of shape (batch, classes); got {tuple(out.shape)} "
+                    f"for a batch of {y.shape[0]} samples"
+                )
+            correct += int((out.argmax(dim=1).cpu() == y.reshape(-1).cpu()).sum())
+            total += y.shape[0]
+    if total == 0:
+        raise DataError("accuracy was given an empty data set; pass one with at least one sample")
+    return correct / total
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _output_positions(
+    model: nn.Module, shape: tuple[int, ...], layers: list[tuple[str, nn.Module]]
+) -> dict[str, int]:
+    """Output positions per sample of each layer, from one forward pass on zeros."""
+    positions: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(layer: nn.Module, _inp, out: torch.Tensor) -> None:
+            channels = getattr(layer, "out_features", None) or layer.out_channels
+            positions[name] = positions.get(name, 0) + out.numel() // channels
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers]
+    device, dtype = _device_dtype(model)
+    try:
+        with _eval_mode(model), torch.no_grad():
+            _forward(model, torch.zeros((1, *shape), device=device, dtype=dtype), shape)
+    finally:
+        for h in handles:
+            h.remove()
+    return positions
+
+
+def _forward(model: nn.Module, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    try:
+        return model(x)
+    except Exception as e:  # noqa: BLE001 - any failure means the shape does not fit
+        msg = " ".join(str(e).split())
+        raise ModelError(f"model does not accept input of shape {tuple(shape)}: {msg}") from e
+
+
+def _weight_and_bias(
+    sd: dict[str, torch.Tensor], name: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    prefix = f"{name}." if name else ""
+    return sd[prefix + "weight"], sd.get(prefix + "bias")
+
+
+def _kind(layer: nn.Module) -> str:
+    for cls, kind in _KINDS:
+        if isinstance(layer, cls):
+            return kind
+    return type(layer).__name__.lower()
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _batches(data: Dataset | DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    if isinstance(data, TensorDataset):
+        if len(data.tensors) < 2:
+            raise DataError("accuracy needs a TensorDataset of (inputs, labels); got a single tensor")
+        x, y = data.tensors[0], data.tensors[1]
+        for i in range(0, len(x), batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    elif not isinstance(data, DataLoader):
+        raise DataError(
+            f"accuracy needs a TensorDataset, a Dataset or a DataLoader of (inputs, labels). "
+            f"Got {type(data).__name__}."
+        )
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DataError("accuracy needs batches of (inputs, labels); the loader yields something else")
+        yield batch[0], batch[1]
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__}.")
+
+
+def _check_shape(input_shape: object) -> tuple[int, ...]:
+    ok = (
+        isinstance(input_shape, (tuple, list, torch.Size))
+        and len(input_shape) > 0
+        and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in input_shape)
+    )
+    if not ok:
+        raise ModelError(
+            "The 'input_shape' parameter must be a non-empty tuple of positive ints, the shape of "
+            f"one sample without the batch dimension, e.g. (1, 28, 28). Got {input_shape!r}."
+        )
+    return tuple(int(d) for d in input_shape)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ModelError(f"The '{name}' parameter must be an int >= {minimum}. Got {value!r}.")

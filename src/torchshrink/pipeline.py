@@ -1,0 +1,273 @@
+"""Running a recipe: baseline, stages, measurement, report.
+
+``run_recipe`` is what ``torchshrink run`` calls. Every training run writes an atomic
+checkpoint per epoch under ``OUT/checkpoints``; with ``resume=True`` each finished run
+reloads its final checkpoint at once and the interrupted one continues where it stopped,
+so a killed run resumed ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from . import __version__
+from .data import DataBundle, load_data
+from .errors import RecipeError
+from .measure import latency_table, layer_stats, model_summary, state_dict_bytes
+from .models import build_model
+from .prune.magnitude import IterativePruning, magnitude
+from .prune.masks import masks
+from .prune.schedule import AGP
+from .recipe import AGPStage, MagnitudeStage, Recipe, SmallDenseStage
+from .selection import weight_layers
+from .train import Callback, TrainConfig, TrainContext, evaluate, fit
+from .transforms import bake
+from .weights import load_into, save_weights
+
+
+@dataclass
+class RunState:
+    """Everything a stage runner needs and may update."""
+
+    recipe: Recipe
+    data: DataBundle
+    model: nn.Module
+    out: Path
+    seed: int
+    resume: bool
+    progress: bool
+    console: Console
+    baseline_config: TrainConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[dict[str, float]] = field(default_factory=list)
+    schedule: dict[str, list[float]] = field(default_factory=lambda: {"steps": [], "sparsity": []})
+    extra: dict[str, Any] = field(default_factory=dict)
+    steps_done: int = 0
+
+    def fit(self, model: nn.Module, cfg: TrainConfig, callbacks: list[Callback], tag: str) -> list[dict[str, float]]:
+        recorder = _Recorder(self)
+        hist = fit(model, self.data.train, cfg, test_data=self.data.test, callbacks=[*callbacks, recorder],
+                   checkpoint=self.out / "checkpoints" / f"{tag}.pt", resume=self.resume, seed=self.seed,
+                   progress=self.progress, log=lambda s: self.console.print(f"[dim]{s}[/dim]", soft_wrap=True), description=tag)
+        self.steps_done += recorder.steps_per_epoch * cfg.epochs
+        return hist
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of zero entries over the weights of every linear/conv layer."""
+    total = zeros = 0
+    with torch.no_grad():
+        for _, layer in weight_layers(model):
+            w = layer.weight
+            total += w.numel()
+            zeros += w.numel() - int(torch.count_nonzero(w))
+    return zeros / max(total, 1)
+
+
+class _Recorder(Callback):
+    """Records the sparsity schedule (per step) and accuracy vs kept weights (per epoch)."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        self.steps_per_epoch = ctx.steps_per_epoch
+        self.every = max(1, ctx.total_steps // 100)
+
+    def on_step_begin(self, ctx: TrainContext) -> None:
+        if ctx.step % self.every == 0 and masks(ctx.model):
+            self.state.schedule["steps"].append(self.state.steps_done + ctx.step)
+            self.state.schedule["sparsity"].append(weight_sparsity(ctx.model))
+
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        if masks(ctx.model) and "test_accuracy" in ctx.logs:
+            self.state.curve.append({"kept": 1.0 - weight_sparsity(ctx.model),
+                                     "accuracy": ctx.logs["test_accuracy"]})
+
+
+# ---------------------------------------------------------------- stage runners
+def _finetune_config(stage_cfg: TrainConfig | None, base: TrainConfig) -> TrainConfig:
+    """A stage's retraining config: given, or the baseline's at 1/10 of its learning rate."""
+    return stage_cfg if stage_cfg is not None else base.model_copy(update={"lr": base.lr / 10})
+
+
+def run_magnitude(st: RunState, stage: MagnitudeStage, tag: str) -> None:
+    cfg = _finetune_config(stage.finetune, st.baseline_config)
+    if cfg.epochs == 0:
+        magnitude(st.model, stage.sparsity, quality=stage.quality, layers=stage.layers,
+                  exclude=stage.exclude, scope=stage.scope)
+        return
+    if cfg.epochs < stage.iterations:
+        raise RecipeError(f"{tag}: finetune.epochs ({cfg.epochs}) must be >= iterations ({stage.iterations})")
+    cb = IterativePruning(stage.sparsity, quality=stage.quality, iterations=stage.iterations,
+                          epochs_per_iteration=cfg.epochs // stage.iterations, layers=stage.layers,
+                          exclude=stage.exclude, scope=stage.scope, scale_dropout=stage.scale_dropout)
+    st.fit(st.model, cfg, [cb], tag)
+
+
+def run_agp(st: RunState, stage: AGPStage, tag: str) -> None:
+    cfg = _finetune_config(stage.finetune, st.baseline_config)
+    if stage.end_epoch > cfg.epochs:
+        raise RecipeError(f"{tag}: end_epoch ({stage.end_epoch}) is after the last finetune epoch ({cfg.epochs})")
+    cb = AGP(stage.sparsity, initial_sparsity=stage.initial_sparsity, start_epoch=stage.start_epoch,
+             end_epoch=stage.end_epoch, frequency=stage.frequency, layers=stage.layers, exclude=stage.exclude)
+    st.fit(st.model, cfg, [cb], tag)
+
+
+def run_small_dense(st: RunState, stage: SmallDenseStage, tag: str) -> None:
+    """Zhu & Gupta §5: a small dense model with as many weights as the large sparse one."""
+    spec = st.model.zoo_spec
+    if spec["name"] != "lenet300":
+        raise RecipeError(f"{tag}: small_dense supports the lenet300 model (scaled hidden sizes), not {spec['name']!r}")
+    target = model_summary(st.model, st.data.input_shape)["weight_nonzeros"]
+    hidden = _scaled_hidden(spec, target)
+    torch.manual_seed(st.seed)
+    small = build_model("lenet300", st.data.input_shape, st.data.num_classes,
+                        **{**spec["kwargs"], "hidden": hidden})
+    cfg = stage.train if stage.train is not None else st.baseline_config
+    st.fit(small, cfg, [], tag)
+    small_summary = model_summary(small, st.data.input_shape)
+    st.extra["comparison"] = {
+        "large_sparse": {"accuracy": evaluate(st.model, st.data.test)["accuracy"], "nonzero_weights": target,
+                         "weights": model_summary(st.model, st.data.input_shape)["weight_params"]},
+        "small_dense": {"accuracy": evaluate(small, st.data.test)["accuracy"], "hidden": list(hidden),
+                        "weights": small_summary["weight_params"]},
+    }
+    c = st.extra["comparison"]
+    st.console.print(f"{tag}: large-sparse {c['large_sparse']['accuracy']:.4f} with {target:,} nonzero weights; "
+                     f"small-dense (hidden {hidden}) {c['small_dense']['accuracy']:.4f} with "
+                     f"{small_summary['weight_params']:,} weights")
+
+
+def _scaled_hidden(spec: dict[str, Any], target: int) -> tuple[int, ...]:
+    """Hidden sizes ``round(f·h)`` whose weight count is closest to ``target``."""
+    c, h, w = spec["input_shape"]
+    sizes = [c * h * w, *spec["kwargs"].get("hidden", (300, 100)), spec["num_classes"]]
+
+    def count(f: float) -> int:
+        s = [sizes[0], *(max(1, round(f * x)) for x in sizes[1:-1]), sizes[-1]]
+        return sum(a * b for a, b in zip(s, s[1:]))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    f = min((lo, hi), key=lambda f: abs(count(f) - target))
+    return tuple(max(1, round(f * x)) for x in sizes[1:-1])
+
+
+RUNNERS: dict[str, Callable[[RunState, Any, str], None]] = {
+    "magnitude": run_magnitude, "agp": run_agp, "small_dense": run_small_dense,
+}
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class RunResult:
+    report: dict[str, Any]
+    model: nn.Module
+    baseline: nn.Module
+    out: Path
+
+
+def prepare(recipe: Recipe, seed: int) -> tuple[DataBundle, nn.Module]:
+    """Load the data and build the (untrained) model of a recipe."""
+    d = recipe.data
+    data = load_data(d.name, d.root, download=d.download, limit=d.limit)
+    torch.manual_seed(seed)
+    model = build_model(recipe.model.name, data.input_shape, data.num_classes, **recipe.model.args)
+    return data, model
+
+
+def train_baseline(st: RunState) -> None:
+    b = st.recipe.baseline
+    if b.load is not None:
+        load_into(st.model, b.load)
+    else:
+        st.history.append({"stage": "baseline", "technique": "train",
+                           "epochs": st.fit(st.model, b.train, [], "baseline")})
+
+
+def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: int | None = None,
+               progress: bool = True, console: Console | None = None) -> RunResult:
+    """Run ``recipe``, writing checkpoints, ``report.json``, plots and ``model.safetensors`` to ``out``."""
+    t0 = time.perf_counter()
+    console = console or Console()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = recipe.seed if seed is None else seed
+    data, model = prepare(recipe, seed)
+    base_cfg = recipe.baseline.train or TrainConfig()
+    st = RunState(recipe, data, model, out, seed, resume, progress, console, base_cfg)
+    console.print(f"[bold]{recipe.name}[/bold]: {recipe.model.name} on {data.name} "
+                  f"({len(data.train)} train / {len(data.test)} test), seed {seed}")
+    train_baseline(st)
+    baseline = copy.deepcopy(model)
+    base_acc = evaluate(baseline, data.test)["accuracy"]
+    console.print(f"baseline accuracy {base_acc:.4f}")
+    for i, stage in enumerate(recipe.stages):
+        tag = f"stage{i + 1}-{stage.name or stage.technique}"
+        RUNNERS[stage.technique](st, stage, tag)
+        if stage.technique == "small_dense":  # leaves the model as it was
+            continue
+        acc = evaluate(model, data.test)["accuracy"]
+        st.history.append({"stage": tag, "technique": stage.technique, "accuracy": acc,
+                           "weight_sparsity": weight_sparsity(model)})
+        console.print(f"{tag}: accuracy {acc:.4f}, weight sparsity {weight_sparsity(model):.4f}")
+    result = bake(model)
+    report = build_report(st, baseline, result, base_acc)
+    report["timing"] = {"seconds": time.perf_counter() - t0}
+    save_weights(result, out / "model.safetensors", {"recipe": recipe.name, "torchshrink": __version__})
+    from .report import print_report, write_json, write_plots
+
+    write_json(report, out / "report.json")
+    report["plots"] = [str(p) for p in write_plots(report, out)]
+    write_json(report, out / "report.json")
+    print_report(report, console)
+    return RunResult(report, result, baseline, out)
+
+
+def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc: float) -> dict[str, Any]:
+    """The report dict (the contract of ``report.json``)."""
+    shape = st.data.input_shape
+    base_sum, res_sum = model_summary(baseline, shape), model_summary(result, shape)
+    res_acc = evaluate(result, st.data.test)["accuracy"]
+    m = st.recipe.measure
+    latency = None
+    if m.latency:
+        latency = {"baseline": latency_table(baseline, shape, m.batches, repeats=m.repeats),
+                   "result": latency_table(result, shape, m.batches, repeats=m.repeats)}
+    report: dict[str, Any] = {
+        "torchshrink_version": __version__,
+        "recipe": st.recipe.model_dump(mode="json"),
+        "seed": st.seed,
+        "data": {"name": st.data.name, "train": len(st.data.train), "test": len(st.data.test),
+                 "input_shape": list(shape), "num_classes": st.data.num_classes},
+        "model": getattr(st.model, "zoo_spec", None),
+        "baseline": {"accuracy": base_acc, **base_sum},
+        "result": {"accuracy": res_acc, **res_sum,
+                   "weight_compression": base_sum["weight_params"] / max(res_sum["weight_nonzeros"], 1),
+                   "param_compression": base_sum["params"] / max(res_sum["nonzero_params"], 1)},
+        "size": {"dense_bytes": state_dict_bytes(baseline), "file_bytes": None, "ratio": None},
+        "layers": [s.to_dict() for s in layer_stats(result, shape)],
+        "latency": latency,
+        "history": st.history,
+    }
+    if st.schedule["steps"]:
+        report["schedule"] = st.schedule
+    if st.curve:
+        report["pruning_curve"] = st.curve
+    report.update(st.extra)
+    if not all(math.isfinite(x) for x in (base_acc, res_acc)):
+        raise RecipeError("accuracy is not finite; the model produced NaN outputs")
+    return report

@@ -1,0 +1,114 @@
+"""Gradual pruning with the cubic sparsity schedule (Zhu & Gupta, "To prune, or not to
+prune: exploring the efficacy of pruning for model compression", 2017).
+
+Eq. 1: over n pruning steps of Δt training steps starting at t0,
+
+    s_t = s_f + (s_i − s_f) · (1 − (t − t0) / (n·Δt))³,   t ∈ {t0, t0+Δt, …, t0+n·Δt}
+
+Every Δt steps each selected layer's binary mask is recomputed to zero its smallest-
+magnitude weights until the layer reaches s_t; masked weights get no gradient and stay
+zero, so they remain the smallest and stay masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..selection import select_layers
+from ..train import Callback, TrainContext
+from .magnitude import SparsitySpec, per_layer, sparsity_mask
+from .masks import broadcast_masks, ensure_mask, mask_of, set_mask
+
+
+def agp_sparsity(step: int, *, initial: float, final: float, start: int, frequency: int, n: int) -> float:
+    """Target sparsity at training step ``step`` (Zhu & Gupta Eq. 1).
+
+    Before ``start`` the target is ``initial``; after ``start + n·frequency`` it is
+    ``final``; in between it is evaluated at the last pruning step ``t0 + kΔt ≤ step``.
+    """
+    if step < start:
+        return initial
+    k = min((step - start) // frequency, n)
+    frac = k / n if n > 0 else 1.0
+    return final + (initial - final) * (1.0 - frac) ** 3
+
+
+class AGP(Callback):
+    """Automated gradual pruning as a training callback.
+
+    Args:
+        sparsity: final sparsity s_f, one value or ``{pattern: value}`` per layer.
+        initial_sparsity: s_i (default 0).
+        start_epoch / end_epoch: the pruning window in epochs (t0 and t0 + nΔt); may be
+            fractional.
+        frequency: Δt, training steps between mask updates.
+        layers / exclude: name patterns of the layers to prune.
+    """
+
+    def __init__(
+        self,
+        sparsity: SparsitySpec,
+        *,
+        initial_sparsity: float = 0.0,
+        start_epoch: float = 0.0,
+        end_epoch: float = 1.0,
+        frequency: int = 10,
+        layers: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str | None = None,
+    ) -> None:
+        if frequency < 1:
+            raise ModelError(f"The 'frequency' parameter must be an int >= 1. Got {frequency!r} instead.")
+        if not 0 <= start_epoch < end_epoch:
+            raise ModelError(
+                f"AGP needs 0 <= start_epoch < end_epoch. Got start_epoch={start_epoch}, end_epoch={end_epoch}."
+            )
+        self.sparsity, self.initial = sparsity, initial_sparsity
+        self.start_epoch, self.end_epoch, self.frequency = start_epoch, end_epoch, frequency
+        self.layers, self.exclude = layers, exclude
+        self.trace: list[tuple[int, float]] = []
+
+    def attach(self, model: nn.Module) -> None:
+        """Attach all-ones masks to the selected layers (structure only, idempotent)."""
+        self._layers = select_layers(model, self.layers, self.exclude)
+        for name, layer in self._layers:
+            if per_layer(self.sparsity, name) is not None:
+                ensure_mask(layer)
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        self.attach(ctx.model)
+        self.start = round(self.start_epoch * ctx.steps_per_epoch)
+        end = round(self.end_epoch * ctx.steps_per_epoch)
+        self.n = max(1, (end - self.start) // self.frequency)
+
+    def target(self, step: int, final: float) -> float:
+        """The scheduled sparsity of a layer whose final sparsity is ``final``."""
+        return agp_sparsity(step, initial=self.initial, final=final, start=self.start,
+                            frequency=self.frequency, n=self.n)
+
+    def on_step_begin(self, ctx: TrainContext) -> None:
+        t = ctx.step
+        if t < self.start or (t - self.start) % self.frequency or (t - self.start) // self.frequency > self.n:
+            return
+        with torch.no_grad():
+            for name, layer in self._layers:
+                final = per_layer(self.sparsity, name)
+                if final is None:
+                    continue
+                s = self.target(t, final)
+                set_mask(layer, sparsity_mask(layer.weight, s, mask_of(layer).mask))
+        broadcast_masks(ctx.model)
+        self.trace.append((t, self.target(t, self._reference_final())))
+
+    def _reference_final(self) -> float:
+        if isinstance(self.sparsity, Mapping):
+            return max(float(v) for v in self.sparsity.values())
+        return float(self.sparsity)
+
+    def schedule(self, total_steps: int) -> tuple[list[int], list[float]]:
+        """The planned (step, sparsity) curve of the reference layer, for plots."""
+        steps = list(range(0, total_steps + 1, max(1, self.frequency)))
+        return steps, [self.target(t, self._reference_final()) for t in steps]

@@ -1,0 +1,361 @@
+"""Training: ``fit()`` with callbacks, checkpoints, exact resume, and DDP.
+
+One loop serves baseline training and every technique's fine-tuning; techniques plug in
+as :class:`Callback` objects (pruning schedules, regularizers, proximal steps).
+
+* **Checkpoints** are written atomically (temp file + ``os.replace``) at the end of every
+  epoch: model, optimizer, LR schedule, callbacks, RNG state and history. ``resume=True``
+  continues from the last one and ends with the same weights as an uninterrupted run
+  of the same seed (the data order of each epoch is a function of seed and epoch).
+  Checkpoints are read with ``torch.load(weights_only=True)``: no code executes.
+* **Distributed**: launched under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
+  ``DistributedDataParallel`` (gloo on CPU, NCCL on GPU), each rank trains on its shard
+  of every epoch's permutation, and rank 0 writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+from .errors import CheckpointError, TrainingError
+
+CHECKPOINT_FORMAT = "torchshrink-checkpoint/1"
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training run (a recipe's ``train``/``finetune`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step", "multistep"] = "cosine"
+    step_size: int = Field(30, ge=1, description="epochs between decays ('step')")
+    gamma: float = Field(0.1, gt=0, le=1)
+    milestones: list[int] = Field(default_factory=list, description="epochs ('multistep')")
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+@dataclass
+class TrainContext:
+    """What callbacks see: the (unwrapped) model, optimizer and the loop position."""
+
+    model: nn.Module
+    config: TrainConfig
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer | None = None
+    epoch: int = 0
+    step: int = 0
+    rank: int = 0
+    world_size: int = 1
+    logs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class Callback:
+    """Hooks into :func:`fit`; every method is optional.
+
+    Order within a step: ``on_step_begin`` → forward → ``loss`` terms added →
+    backward → ``after_backward`` → optimizer step → ``on_step_end``.
+    """
+
+    def on_train_begin(self, ctx: TrainContext) -> None: ...
+    def on_epoch_begin(self, ctx: TrainContext) -> None: ...
+    def on_step_begin(self, ctx: TrainContext) -> None: ...
+    def loss(self, ctx: TrainContext) -> torch.Tensor | None: ...
+    def after_backward(self, ctx: TrainContext) -> None: ...
+    def on_step_end(self, ctx: TrainContext) -> None: ...
+    def on_epoch_end(self, ctx: TrainContext) -> None: ...
+    def on_train_end(self, ctx: TrainContext) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Callback state for checkpoints (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# ---------------------------------------------------------------- distributed helpers
+def distributed_env() -> tuple[int, int]:
+    """(rank, world size) from an initialized process group or torchrun's environment."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Initialize the default process group when launched by torchrun (idempotent)."""
+    rank, world = distributed_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return rank, world
+
+
+# ---------------------------------------------------------------- optim and schedule
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (linear warm-up, then schedule)."""
+    epoch = step / steps_per_epoch
+    warm = 1.0 if cfg.warmup_epochs <= 0 else min(1.0, (epoch + 1 / steps_per_epoch) / cfg.warmup_epochs)
+    if cfg.schedule == "cosine":
+        total = max(1, cfg.epochs * steps_per_epoch)
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    if cfg.schedule == "step":
+        return warm * cfg.gamma ** (int(epoch) // cfg.step_size)
+    if cfg.schedule == "multistep":
+        return warm * cfg.gamma ** sum(int(epoch) >= m for m in cfg.milestones)
+    return warm
+
+
+# ---------------------------------------------------------------- data
+def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's sample order for ``epoch``: a seeded permutation, padded and sharded."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if world > 1:
+        per_rank = math.ceil(n / world)
+        perm = torch.cat([perm, perm[: per_rank * world - n]])
+        perm = perm[rank::world]
+    return perm
+
+
+def iterate_batches(dataset: Dataset, order: torch.Tensor, batch_size: int) -> Iterator[Sequence[torch.Tensor]]:
+    """Batches of ``dataset`` in ``order``; a TensorDataset is sliced without a DataLoader."""
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        if isinstance(dataset, TensorDataset):
+            yield tuple(t[idx] for t in dataset.tensors)
+        else:
+            yield default_collate([dataset[int(j)] for j in idx])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
+             device: torch.device | None = None) -> dict[str, float]:
+    """Accuracy (fraction) and mean cross-entropy of ``model`` on ``dataset``."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    correct, loss, n = 0, 0.0, 0
+    try:
+        for x, y in iterate_batches(dataset, torch.arange(len(dataset)), batch_size):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+    finally:
+        model.train(was_training)
+    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
+
+
+# ---------------------------------------------------------------- checkpoints
+def _fingerprint(cfg: TrainConfig, seed: int, n_train: int) -> str:
+    blob = json.dumps({"cfg": cfg.model_dump(), "seed": seed, "n": n_train}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely (no pickle code execution); errors name the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a torchshrink checkpoint ({CHECKPOINT_FORMAT})")
+    return state
+
+
+# ---------------------------------------------------------------- the loop
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    test_data: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] | None = None,
+    description: str = "train",
+) -> list[dict[str, float]]:
+    """Train ``model`` in place; returns the per-epoch history.
+
+    Args:
+        config: hyper-parameters (defaults: :class:`TrainConfig`).
+        test_data: evaluated after every epoch (accuracy in the history).
+        callbacks: technique hooks (see :class:`Callback`).
+        checkpoint: file written atomically after every epoch; with ``resume=True`` the
+            run continues from it (a finished run returns its history at once).
+        seed: seeds the global RNG (dropout) and each epoch's data order.
+    """
+    cfg = config or TrainConfig()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world = init_distributed(device)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    n_train = len(train_data)
+    per_rank = math.ceil(n_train / world)
+    ctx = TrainContext(model=model, config=cfg, steps_per_epoch=max(1, math.ceil(per_rank / cfg.batch_size)),
+                       rank=rank, world_size=world)
+    torch.manual_seed(seed)
+    model.to(device)
+    for cb in callbacks:
+        cb.on_train_begin(ctx)
+    optimizer = make_optimizer(model, cfg)
+    ctx.optimizer = optimizer
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg, ctx.steps_per_epoch))
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    fp = _fingerprint(cfg, seed, n_train)
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state["fingerprint"] != fp:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was written by a run with other settings (seed, data or config); "
+                "start without --resume or use another output directory")
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit the model: {str(e).splitlines()[0]}") from None
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if len(state["callbacks"]) != len(callbacks):
+            raise CheckpointError(f"checkpoint {ckpt_path} was written with {len(state['callbacks'])} callbacks, "
+                                  f"this run has {len(callbacks)}")
+        for cb, cb_state in zip(callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        torch.set_rng_state(state["rng"])
+        start_epoch, ctx.step, history = state["epoch"], state["step"], list(state["history"])
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    say = log if log is not None else (lambda s: None)
+
+    bar = _progress(progress and rank == 0)
+    with bar:
+        task = bar.add_task(description, total=ctx.steps_per_epoch * (cfg.epochs - start_epoch), loss=float("nan"))
+        for epoch in range(start_epoch, cfg.epochs):
+            ctx.epoch = epoch
+            for cb in callbacks:
+                cb.on_epoch_begin(ctx)
+            model.train()
+            t0, total_loss, seen, correct = time.perf_counter(), 0.0, 0, 0
+            for x, y in iterate_batches(train_data, _epoch_order(n_train, seed, epoch, rank, world), cfg.batch_size):
+                x, y = x.to(device), y.to(device)
+                for cb in callbacks:
+                    cb.on_step_begin(ctx)
+                out = net(x)
+                loss = loss_fn(out, y)
+                for cb in callbacks:
+                    extra = cb.loss(ctx)
+                    if extra is not None:
+                        loss = loss + extra
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"training diverged at epoch {epoch + 1}, step {ctx.step}: loss is {loss_value}; "
+                        "lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for cb in callbacks:
+                    cb.after_backward(ctx)
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                ctx.step += 1
+                for cb in callbacks:
+                    cb.on_step_end(ctx)
+                total_loss += loss_value * len(y)
+                seen += len(y)
+                correct += int((out.argmax(1) == y).sum())
+                bar.update(task, advance=1, loss=total_loss / seen)
+            row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+                   "train_accuracy": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}
+            if test_data is not None:
+                row["test_accuracy"] = evaluate(model, test_data, device=device)["accuracy"]
+            ctx.logs = row
+            for cb in callbacks:
+                cb.on_epoch_end(ctx)
+            history.append(row)
+            say(_format_row(description, row, cfg.epochs))
+            if ckpt_path is not None and rank == 0:
+                save_checkpoint(ckpt_path, {
+                    "format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": epoch + 1, "step": ctx.step,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "callbacks": [cb.state_dict() for cb in callbacks],
+                    "rng": torch.get_rng_state(), "history": history,
+                })
+            if world > 1:
+                dist.barrier()
+    for cb in callbacks:
+        cb.on_train_end(ctx)
+    return history
+
+
+def _format_row(desc: str, row: dict[str, float], epochs: int) -> str:
+    test = f"  test acc {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+    return (f"{desc} epoch {int(row['epoch'])}/{epochs}  loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_accuracy']:.4f}{test}  lr {row['lr']:.3g}  {row['seconds']:.1f}s")
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                    transient=True, disable=not enabled)
