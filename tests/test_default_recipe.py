@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from torchshrink.pipeline import run_recipe
-from torchshrink.recipe import load_recipe
+from torchshrink.recipe import load_recipe, shipped_recipes
 
 
 def test_default_recipe_prunes_12x_within_half_a_point(tmp_path):
@@ -18,3 +19,24 @@ def test_default_recipe_prunes_12x_within_half_a_point(tmp_path):
     assert rep["baseline"]["weight_params"] / rep["result"]["weight_nonzeros"] >= 12
     assert rep["baseline"]["accuracy"] - rep["result"]["accuracy"] <= 0.005
     assert rep["baseline"]["accuracy"] > 0.95
+
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_every_shipped_recipe_runs_end_to_end_on_digits(name, tmp_path):
+    """The paper recipes need MNIST; their pipeline is checked on digits with short epochs."""
+    recipe = load_recipe(name)
+    sets = ["data.name=digits", "data.download=false", "baseline.train.epochs=1", "measure.latency=false"]
+    for i, stage in enumerate(recipe.stages):
+        block = "train" if stage.technique == "small_dense" else "finetune"
+        sets.append(f"stages.{i}.{block}.epochs=3")
+        if stage.technique == "agp":
+            sets += [f"stages.{i}.end_epoch=2", f"stages.{i}.frequency=5"]
+        if stage.technique == "magnitude":
+            sets.append(f"stages.{i}.iterations=3")
+    res = run_recipe(load_recipe(name, sets), tmp_path, progress=False, console=Console(file=io.StringIO()))
+    rep = res.report
+    assert rep["result"]["nonzero_params"] < rep["baseline"]["params"]
+    assert rep["result"]["accuracy"] > 0.3
+    for layer in rep["layers"]:
+        assert layer["nonzeros"] <= layer["params"]
