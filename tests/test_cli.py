@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from torchshrink.format import load as load_tsk
 
 TINY = """
 name: tiny
@@ -48,7 +49,7 @@ def tiny(tmp_path) -> Path:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    return load_tsk(path).state_dict()
 
 
 def test_run_writes_the_report_contract(tiny, tmp_path):
@@ -59,13 +60,15 @@ def test_run_writes_the_report_contract(tiny, tmp_path):
     assert 0.5 < rep["baseline"]["accuracy"] <= 1 and 0.5 < rep["result"]["accuracy"] <= 1
     assert rep["baseline"]["params"] == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
     assert rep["size"]["dense_bytes"] > 4 * rep["baseline"]["params"]
-    assert rep["size"]["file_bytes"] is None
+    assert rep["size"]["file_bytes"] == (out / "model.tsk").stat().st_size
+    assert rep["size"]["ratio"] == pytest.approx(rep["size"]["dense_bytes"] / rep["size"]["file_bytes"])
+    assert rep["size"]["roundtrip_exact"] is True
     names = [layer["name"] for layer in rep["layers"]]
     assert names == ["fc1", "fc2", "fc3"]
     fc1 = rep["layers"][0]
-    assert fc1["shape"] == [64, 64] and fc1["params"] == 64 * 64 + 64 and fc1["bits_per_weight"] == 32
+    assert fc1["shape"] == [64, 64] and fc1["params"] == 64 * 64 + 64 and 0 < fc1["bits_per_weight"] < 32
     assert fc1["nonzeros"] <= round(0.1 * 64 * 64) + 64  # AGP took fc1 to 90 %
-    w = _weights(out / "model.safetensors")
+    w = load_tsk(out / "model.tsk").state_dict()
     nonzero = sum(int(t.count_nonzero()) for t in w.values())
     assert rep["result"]["nonzero_params"] == nonzero
     for who in ("baseline", "result"):
@@ -93,7 +96,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     assert not (out / "report.json").exists(), "the run finished before it could be killed"
     resumed = cli("run", str(tiny), "--out", str(out), "--no-progress", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    a, b = _weights(ref / "model.safetensors"), _weights(out / "model.safetensors")
+    a, b = _weights(ref / "model.tsk"), _weights(out / "model.tsk")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -128,9 +131,9 @@ def test_sensitivity_inspect_and_eval(tiny, tmp_path):
 
     run_out = tmp_path / "run"
     assert cli("run", str(tiny), "--out", str(run_out), "--no-progress").returncode == 0
-    model_file = run_out / "model.safetensors"
+    model_file = run_out / "model.tsk"
     ins = cli("inspect", str(model_file))
-    assert ins.returncode == 0 and "fc1.weight" in ins.stdout
+    assert ins.returncode == 0 and "fc1.weight" in ins.stdout and "sparse" in ins.stdout
     ev = cli("eval", str(model_file))
     assert ev.returncode == 0
     rep = json.loads((run_out / "report.json").read_text())

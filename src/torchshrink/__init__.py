@@ -17,8 +17,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"data", "measure", "models", "pipeline", "prune", "recipe", "report", "selection",
-               "sensitivity", "train", "transforms", "weights"}
+_SUBMODULES = {"data", "factorize", "format", "measure", "models", "pipeline", "prune", "quantize", "recipe",
+               "report", "selection", "sensitivity", "train", "transforms", "weights"}
 _ATTRS = {
     "fit": ("train", "fit"),
     "evaluate": ("train", "evaluate"),
@@ -27,6 +27,8 @@ _ATTRS = {
     "load_recipe": ("recipe", "load_recipe"),
     "run_recipe": ("pipeline", "run_recipe"),
     "bake": ("transforms", "bake"),
+    "save": ("format", "save"),
+    "load": ("format", "load"),
     "TorchshrinkError": ("errors", "TorchshrinkError"),
 }
 

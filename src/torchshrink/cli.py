@@ -43,7 +43,7 @@ def run(
     r = load_recipe(recipe, set_)
     out = out or Path("runs") / r.name
     res = run_recipe(r, out, resume=resume, seed=seed, progress=progress, console=console)
-    console.print(f"wrote {res.out / 'report.json'} and {res.out / 'model.safetensors'}")
+    console.print(f"wrote {res.out / 'report.json'} and {res.out / 'model.tsk'}")
 
 
 @app.command()
@@ -95,30 +95,56 @@ def sensitivity(
 
 
 @app.command()
-def inspect(file: Annotated[Path, typer.Argument(help="a model file written by `torchshrink run`")]) -> None:
-    """Show each layer of a model file: shape, parameters, nonzeros, bits per weight, bytes."""
+def inspect(file: Annotated[Path, typer.Argument(help="a .tsk file (or a .safetensors weights file)")]) -> None:
+    """Show each tensor of a model file: codec, shape, nonzeros, bits per weight, bytes, share."""
     from rich.table import Table
 
+    rows, meta = _file_rows(file)
+    total = file.stat().st_size
+    t = Table(title=f"{file} ({total:,} bytes)")
+    for col in ("tensor", "codec", "shape", "params", "nonzeros", "bits/weight", "bytes", "share"):
+        t.add_column(col, justify="left" if col in ("tensor", "codec", "shape") else "right")
+    for r in rows:
+        t.add_row(r["name"], r["codec"], "×".join(map(str, r["shape"])) or "scalar", f"{r['numel']:,}",
+                  f"{r['nonzeros']:,}", f"{r['bits_per_weight']:.2f}", f"{r['bytes']:,}", f"{r['share']:.1%}")
+    console.print(t)
+    stored = sum(r["bytes"] for r in rows)
+    console.print(f"tensor data {stored:,} bytes, header and metadata {total - stored:,} bytes")
+    for k, v in meta.items():
+        console.print(f"[dim]{k}[/dim]: {str(v)[:200]}", soft_wrap=True)
+
+
+def _file_rows(file: Path) -> tuple[list[dict], dict]:
+    if file.suffix == ".tsk":
+        from .format import inspect_rows, read_tsk
+
+        f = read_tsk(file)
+        return inspect_rows(file), {"format": f.version, "architecture": f.zoo_spec, "surgery": f.surgery}
     from .weights import read_weights
 
     tensors, meta = read_weights(file)
     total = file.stat().st_size
-    t = Table(title=f"{file} ({total:,} bytes)")
-    for col in ("tensor", "shape", "dtype", "params", "nonzeros", "kept", "bytes", "share"):
-        t.add_column(col, justify="left" if col in ("tensor", "shape", "dtype") else "right")
-    for k, v in tensors.items():
-        n, nz = v.numel(), int(v.count_nonzero())
-        b = n * v.element_size()
-        t.add_row(k, "×".join(map(str, v.shape)) or "scalar", str(v.dtype).removeprefix("torch."), f"{n:,}",
-                  f"{nz:,}", f"{nz / max(n, 1):.1%}", f"{b:,}", f"{b / total:.1%}")
-    console.print(t)
-    for k, v in meta.items():
-        console.print(f"[dim]{k}[/dim]: {v[:200]}")
+    rows = [{"name": k, "codec": f"dense {str(v.dtype).removeprefix('torch.')}", "shape": list(v.shape),
+             "numel": v.numel(), "nonzeros": int(v.count_nonzero()), "bits_per_weight": 8.0 * v.element_size(),
+             "bytes": v.numel() * v.element_size(), "share": v.numel() * v.element_size() / total}
+            for k, v in tensors.items()]
+    return rows, meta
+
+
+def load_model_file(file: Path):
+    """A plain PyTorch model from a .tsk or .safetensors file written by torchshrink."""
+    if file.suffix == ".tsk":
+        from .format import load
+
+        return load(file)
+    from .weights import model_from_weights
+
+    return model_from_weights(file)[0]
 
 
 @app.command("eval")
 def eval_(
-    file: Annotated[Path, typer.Argument(help="a model file written by `torchshrink run`")],
+    file: Annotated[Path, typer.Argument(help="a .tsk (or .safetensors) file written by `torchshrink run`")],
     data: Annotated[str, typer.Option(help="data set name")] = "digits",
     root: Annotated[Optional[Path], typer.Option(help="data directory (MNIST, CIFAR-10)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N test samples")] = None,
@@ -126,9 +152,8 @@ def eval_(
     """Evaluate a model file's accuracy on a data set's test split."""
     from .data import load_data
     from .train import evaluate
-    from .weights import model_from_weights
 
-    model, _ = model_from_weights(file)
+    model = load_model_file(file)
     bundle = load_data(data, root, limit=limit)
     res = evaluate(model, bundle.test)
     console.print(f"{file}: accuracy {res['accuracy']:.4f} on {len(bundle.test)} {data} test samples "

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
 from . import __version__
 from .data import DataBundle, load_data
-from .errors import RecipeError
+from .errors import RecipeError, TorchshrinkError
 from .measure import latency_table, layer_stats, model_summary, state_dict_bytes
 from .models import build_model
 from .prune.magnitude import IterativePruning, magnitude
@@ -32,7 +33,7 @@ from .recipe import AGPStage, MagnitudeStage, Recipe, SmallDenseStage
 from .selection import weight_layers
 from .train import Callback, TrainConfig, TrainContext, evaluate, fit
 from .transforms import bake
-from .weights import load_into, save_weights
+from .weights import load_into
 
 
 @dataclass
@@ -133,7 +134,7 @@ def run_small_dense(st: RunState, stage: SmallDenseStage, tag: str) -> None:
     hidden = _scaled_hidden(spec, target)
     torch.manual_seed(st.seed)
     small = build_model("lenet300", st.data.input_shape, st.data.num_classes,
-                        **{**spec["kwargs"], "hidden": hidden})
+                        **{**spec["kwargs"], "hidden": hidden}).to(next(st.model.parameters()).device)
     cfg = stage.train if stage.train is not None else st.baseline_config
     st.fit(small, cfg, [], tag)
     small_summary = model_summary(small, st.data.input_shape)
@@ -166,8 +167,74 @@ def _scaled_hidden(spec: dict[str, Any], target: int) -> tuple[int, ...]:
     return tuple(max(1, round(f * x)) for x in sizes[1:-1])
 
 
+def _quantize_then_finetune(st: RunState, stage: Any, tag: str, apply: Callable[[nn.Module], Any]) -> None:
+    """Apply a storage transform, then fine-tune what it left trainable (codebooks, factors).
+
+    The transform is a deterministic function of the weights, so on ``--resume`` applying
+    it again to the reloaded previous stage rebuilds the structure the checkpoint needs.
+    """
+    apply(st.model)
+    cfg = _finetune_config(stage.finetune, st.baseline_config)
+    if cfg.epochs > 0:
+        st.fit(st.model, cfg, [], tag)
+
+
+def run_kmeans(st: RunState, stage: Any, tag: str) -> None:
+    from .quantize.kmeans import share_weights
+
+    _quantize_then_finetune(st, stage, tag, lambda m: share_weights(
+        m, stage.bits, layers=stage.layers, exclude=stage.exclude, init=stage.init,
+        fc_bits=stage.fc_bits, conv_bits=stage.conv_bits, include_bias=stage.include_bias))
+
+
+def run_pq(st: RunState, stage: Any, tag: str) -> None:
+    from .quantize.product import product_quantize
+
+    _quantize_then_finetune(st, stage, tag, lambda m: product_quantize(
+        m, subvector=stage.subvector, codewords=stage.codewords, layers=stage.layers, exclude=stage.exclude))
+
+
+def run_rq(st: RunState, stage: Any, tag: str) -> None:
+    from .quantize.product import residual_quantize
+
+    _quantize_then_finetune(st, stage, tag, lambda m: residual_quantize(
+        m, stages=stage.stages, subvector=stage.subvector, codewords=stage.codewords, layers=stage.layers,
+        exclude=stage.exclude))
+
+
+def run_svd(st: RunState, stage: Any, tag: str) -> None:
+    from .factorize.svd import low_rank
+
+    _quantize_then_finetune(st, stage, tag, lambda m: low_rank(
+        m, stage.rank, layers=stage.layers, exclude=stage.exclude))
+
+
+def run_compare(st: RunState, stage: Any, tag: str) -> None:
+    """Each method on its own copy of the model: file bytes, ratio and accuracy side by side."""
+    from dataclasses import replace
+
+    from .format import save as save_tsk
+
+    dense_bytes = state_dict_bytes(st.model)
+    rows = []
+    for j, method in enumerate(stage.methods):
+        label = method.name or f"{method.technique}{j + 1}"
+        branch = replace(st, model=copy.deepcopy(st.model), history=[], curve=[], extra={},
+                         schedule={"steps": [], "sparsity": []})
+        RUNNERS[method.technique](branch, method, f"{tag}-{label}")
+        info = save_tsk(branch.model, st.out / "compare" / f"{label}.tsk")
+        acc = evaluate(branch.model, st.data.test)["accuracy"]
+        rows.append({"method": label, "technique": method.technique, "accuracy": acc,
+                     "file_bytes": info.file_bytes, "ratio": dense_bytes / info.file_bytes,
+                     "params": model_summary(branch.model, st.data.input_shape)["params"]})
+        st.console.print(f"{tag}: {label}: accuracy {acc:.4f}, {info.file_bytes:,} bytes "
+                         f"({dense_bytes / info.file_bytes:.1f}x smaller)")
+    st.extra.setdefault("methods", []).extend(rows)
+
+
 RUNNERS: dict[str, Callable[[RunState, Any, str], None]] = {
     "magnitude": run_magnitude, "agp": run_agp, "small_dense": run_small_dense,
+    "kmeans": run_kmeans, "pq": run_pq, "rq": run_rq, "svd": run_svd, "compare": run_compare,
 }
 
 
@@ -186,7 +253,16 @@ def prepare(recipe: Recipe, seed: int) -> tuple[DataBundle, nn.Module]:
     data = load_data(d.name, d.root, download=d.download, limit=d.limit)
     torch.manual_seed(seed)
     model = build_model(recipe.model.name, data.input_shape, data.num_classes, **recipe.model.args)
-    return data, model
+    return data, model.to(resolve_device(recipe.device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error naming the problem when CUDA is missing) or ``auto``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("device: cuda was asked for, but torch sees no CUDA device; use cpu or auto")
+    return torch.device(name)
 
 
 def train_baseline(st: RunState) -> None:
@@ -200,7 +276,7 @@ def train_baseline(st: RunState) -> None:
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: int | None = None,
                progress: bool = True, console: Console | None = None) -> RunResult:
-    """Run ``recipe``, writing checkpoints, ``report.json``, plots and ``model.safetensors`` to ``out``."""
+    """Run ``recipe``, writing checkpoints, ``report.json``, plots and ``model.tsk`` to ``out``."""
     t0 = time.perf_counter()
     console = console or Console()
     out = Path(out)
@@ -218,16 +294,30 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
     for i, stage in enumerate(recipe.stages):
         tag = f"stage{i + 1}-{stage.name or stage.technique}"
         RUNNERS[stage.technique](st, stage, tag)
-        if stage.technique == "small_dense":  # leaves the model as it was
+        if stage.technique in ("small_dense", "compare"):  # leave the model as it was
             continue
         acc = evaluate(model, data.test)["accuracy"]
         st.history.append({"stage": tag, "technique": stage.technique, "accuracy": acc,
                            "weight_sparsity": weight_sparsity(model)})
         console.print(f"{tag}: accuracy {acc:.4f}, weight sparsity {weight_sparsity(model):.4f}")
+    from .format import load as load_tsk
+    from .format import save as save_tsk
+
+    info = save_tsk(model, out / "model.tsk", codecs=recipe.save.codecs or None, huffman=recipe.save.huffman)
     result = bake(model)
+    loaded = load_tsk(out / "model.tsk")
     report = build_report(st, baseline, result, base_acc)
+    report["size"].update(storage_report(info, out / "model.tsk", report["size"]["dense_bytes"]))
+    report["size"]["roundtrip_exact"] = outputs_equal(result, loaded, data.test)
+    if not report["size"]["roundtrip_exact"]:
+        raise TorchshrinkError(f"{out / 'model.tsk'} does not reproduce the model's outputs; please report this bug")
+    bits = {row["name"]: row for row in report["size"]["tensors"]}
+    for layer in report["layers"]:
+        row = bits.get(f"{layer['name']}.weight")
+        if row is not None:
+            layer["bits_per_weight"] = row["bits_per_weight"]
+            layer["codec"] = row["codec"]
     report["timing"] = {"seconds": time.perf_counter() - t0}
-    save_weights(result, out / "model.safetensors", {"recipe": recipe.name, "torchshrink": __version__})
     from .report import print_report, write_json, write_plots
 
     write_json(report, out / "report.json")
@@ -235,6 +325,54 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
     write_json(report, out / "report.json")
     print_report(report, console)
     return RunResult(report, result, baseline, out)
+
+
+@torch.no_grad()
+def outputs_equal(a: nn.Module, b: nn.Module, dataset: Any, batch: int = 512) -> bool:
+    """True when both models give bit-identical outputs on every sample of ``dataset``.
+
+    ``b`` runs on ``a``'s device (the same kernels), so equal weights give equal outputs.
+    """
+    a.eval(), b.eval()
+    device = next(a.parameters()).device
+    b = b.to(device)
+    x = dataset.tensors[0]
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch].to(device)
+        if not torch.equal(a(xb), b(xb)):
+            return False
+    return True
+
+
+def storage_report(info: Any, path: Path, dense_bytes: int) -> dict[str, Any]:
+    """File size, ratio and, per tensor, codec and bits (Deep Compression Tables 2-3 style).
+
+    For sparse and shared layouts the index (gap) bits and the weight (value/code) bits
+    per stored entry are given as stored; ``fixed`` is the width before Huffman coding.
+    """
+    from .format import read_tsk
+
+    f = read_tsk(path)
+    rows = []
+    for name in f.names:
+        rec = f.record(name)
+        numel = max(1, info.numel[name])
+        row: dict[str, Any] = {"name": name, "codec": rec["codec"], "bytes": info.tensor_bytes[name],
+                               "bits_per_weight": 8 * info.tensor_bytes[name] / numel}
+        for role, stream in rec["streams"].items():
+            meta = stream["meta"]
+            count = meta.get("count") or (int(np.prod(meta["shape"])) if "shape" in meta else None)
+            entry = {"bytes": stream["nbytes"], "huffman": meta.get("codec") == "huffman"}
+            if count:
+                entry["bits_per_entry"] = 8 * stream["nbytes"] / count
+                entry["entries"] = count
+            if "bits" in meta:
+                entry["fixed_bits"] = meta["bits"]
+            row[role] = entry
+        rows.append(row)
+    file_bytes = path.stat().st_size
+    return {"file_bytes": file_bytes, "ratio": dense_bytes / file_bytes, "header_bytes": info.header_bytes,
+            "tensors": rows}
 
 
 def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc: float) -> dict[str, Any]:

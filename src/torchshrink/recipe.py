@@ -94,7 +94,70 @@ class SmallDenseStage(_Strict):
     train: TrainConfig | None = Field(None, description="default: the baseline's training config")
 
 
-Stage = Annotated[Union[MagnitudeStage, AGPStage, SmallDenseStage], Field(discriminator="technique")]
+Bits = Annotated[int, Field(ge=1, le=16)]
+
+
+class KMeansStage(_StageBase):
+    """Deep Compression §3 / Gong et al. 2014: per-layer scalar k-means weight sharing."""
+
+    technique: Literal["kmeans"]
+    bits: Bits | dict[str, Bits] | None = Field(None, description="bits per layer; default by type")
+    fc_bits: Bits = 5
+    conv_bits: Bits = 8
+    init: Literal["linear", "density", "random"] = "linear"
+    include_bias: bool = Field(False, description="also share biases (own codebook per layer)")
+
+
+class PQStage(_StageBase):
+    """Gong et al. 2014 §3.2: product quantization along the input dimension."""
+
+    technique: Literal["pq"]
+    subvector: int = Field(4, ge=1)
+    codewords: int = Field(256, ge=2, le=65536)
+
+
+class RQStage(_StageBase):
+    """Gong et al. 2014 §3.3: residual quantization, stage by stage."""
+
+    technique: Literal["rq"]
+    stages: int = Field(2, ge=1, le=8)
+    subvector: int = Field(4, ge=1)
+    codewords: int = Field(256, ge=2, le=65536)
+
+
+class SVDStage(_StageBase):
+    """Low-rank factorization of linear layers by truncated SVD (the baseline of Gong et al.)."""
+
+    technique: Literal["svd"]
+    rank: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)] | dict[str, int | float]
+
+
+Method = Annotated[Union[MagnitudeStage, KMeansStage, PQStage, RQStage, SVDStage], Field(discriminator="technique")]
+
+
+class CompareStage(_Strict):
+    """Gong et al. 2014 Table 1 style: several methods, each on a copy of the current model.
+
+    Each method runs (with its own optional fine-tuning) on a copy, is saved to
+    ``compare/<label>.tsk`` and evaluated; the main model is left as it was.
+    """
+
+    technique: Literal["compare"]
+    name: str | None = None
+    methods: list[Method] = Field(..., min_length=1)
+
+
+Stage = Annotated[
+    Union[MagnitudeStage, AGPStage, SmallDenseStage, KMeansStage, PQStage, RQStage, SVDStage, CompareStage],
+    Field(discriminator="technique"),
+]
+
+
+class SaveSpec(_Strict):
+    """How the final model is stored (``model.tsk``)."""
+
+    huffman: bool | None = Field(None, description="None: use Huffman wherever it is smaller")
+    codecs: dict[str, str] = Field(default_factory=dict, description="force a codec per tensor-name pattern")
 
 
 class SensitivitySpec(_Strict):
@@ -112,11 +175,13 @@ class Recipe(_Strict):
     name: str = "recipe"
     description: str = ""
     seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where training runs; auto = cuda if available")
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     baseline: BaselineSpec
     stages: list[Stage] = Field(default_factory=list)
     sensitivity: SensitivitySpec = Field(default_factory=SensitivitySpec)
+    save: SaveSpec = Field(default_factory=SaveSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
 
 

@@ -277,6 +277,8 @@ def fit(
         for cb, cb_state in zip(callbacks, state["callbacks"]):
             cb.load_state_dict(cb_state)
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch, ctx.step, history = state["epoch"], state["step"], list(state["history"])
     net: nn.Module = model
     if world > 1:
@@ -339,6 +341,7 @@ def fit(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "callbacks": [cb.state_dict() for cb in callbacks],
                     "rng": torch.get_rng_state(), "history": history,
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 })
             if world > 1:
                 dist.barrier()
