@@ -156,3 +156,15 @@ def test_plot_schedule_rejects_mismatch(tmp_path: Path) -> None:
 def test_plot_sparsity_rejects_empty(tmp_path: Path) -> None:
     with pytest.raises(TorchshrinkError, match="at least one layer"):
         report.plot_sparsity([], tmp_path / "s.png")
+
+
+def test_storage_table_shows_bits_before_and_after_huffman() -> None:
+    rep = full_report()
+    rep["size"]["tensors"] = [{
+        "name": "fc1.weight", "codec": "shared(5b)/sparse(7b)+huffman(gaps,codes)", "bytes": 1796,
+        "bits_per_weight": 0.75,
+        "gaps": {"bytes": 931, "huffman": True, "entries": 1348, "fixed_bits": 7, "bits_per_entry": 5.05},
+        "codes": {"bytes": 737, "huffman": True, "entries": 1348, "fixed_bits": 5, "bits_per_entry": 4.25},
+    }]
+    text = render(rep)
+    assert "Storage" in text and "7 → 5.05" in text and "5 → 4.25" in text and "1,348" in text

@@ -359,15 +359,20 @@ def storage_report(info: Any, path: Path, dense_bytes: int) -> dict[str, Any]:
         numel = max(1, info.numel[name])
         row: dict[str, Any] = {"name": name, "codec": rec["codec"], "bytes": info.tensor_bytes[name],
                                "bits_per_weight": 8 * info.tensor_bytes[name] / numel}
+        fixed = {"gaps": rec["params"].get("index_bits"), "codes": rec["params"].get("bits"),
+                 "indices": rec["params"].get("bits")}
         for role, stream in rec["streams"].items():
             meta = stream["meta"]
-            count = meta.get("count") or (int(np.prod(meta["shape"])) if "shape" in meta else None)
-            entry = {"bytes": stream["nbytes"], "huffman": meta.get("codec") == "huffman"}
+            count = int(np.prod(meta.get("shape", [0]))) if meta.get("shape") else 0
+            entry: dict[str, Any] = {"bytes": stream["nbytes"], "huffman": meta.get("codec") == "huffman",
+                                     "entries": count}
+            width = fixed.get(role) or meta.get("bits")
+            if width is None and meta.get("dtype") in ("float32", "float16"):
+                width = 32 if meta["dtype"] == "float32" else 16
+            if width is not None:
+                entry["fixed_bits"] = width
             if count:
-                entry["bits_per_entry"] = 8 * stream["nbytes"] / count
-                entry["entries"] = count
-            if "bits" in meta:
-                entry["fixed_bits"] = meta["bits"]
+                entry["bits_per_entry"] = (meta["stream_bits"] if "stream_bits" in meta else 8 * stream["nbytes"]) / count
             row[role] = entry
         rows.append(row)
     file_bytes = path.stat().st_size

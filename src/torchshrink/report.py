@@ -98,11 +98,14 @@ def _plain(obj: Any, where: str) -> Any:
 
 
 def print_report(report: Mapping[str, Any], console: Console | None = None) -> None:
-    """Print the per-layer table, the summary table and (if any) the stage history."""
+    """Print the per-layer table, the storage table, the summary and (if any) the stage history."""
     console = console or Console()
     layers = report.get("layers") or []
     if layers:
         console.print(_layer_table(layers))
+    storage = _storage_table(report.get("size") or {})
+    if storage is not None:
+        console.print(storage)
     console.print(_summary_table(report))
     history = report.get("history") or []
     if history:
@@ -159,6 +162,31 @@ def _summary_table(report: Mapping[str, Any]) -> Table:
             _ms(m1),
             _speed(m0, m1),
         )
+    return t
+
+
+def _storage_table(size: Mapping[str, Any]) -> Table | None:
+    """Deep Compression Tables 2-3 style: per weight, index and value bits before/after Huffman."""
+    rows = [r for r in size.get("tensors", []) if isinstance(r, Mapping)]
+    if not rows:
+        return None
+    t = Table(title="Storage (model.tsk)")
+    for col in ("tensor", "codec", "entries", "index bits", "weight bits", "bits/weight", "bytes"):
+        t.add_column(col, justify="left" if col in ("tensor", "codec") else "right")
+
+    def bits(entry: Any) -> str:
+        if not isinstance(entry, Mapping):
+            return "—"
+        fixed, coded = entry.get("fixed_bits"), entry.get("bits_per_entry")
+        if entry.get("huffman") and fixed is not None and coded is not None:
+            return f"{fixed} → {coded:.2f}"
+        return str(fixed) if fixed is not None else "—"
+
+    for r in rows:
+        value = r.get("codes") or r.get("values") or r.get("indices") or r.get("data")
+        entries = next((e.get("entries") for e in (r.get("gaps"), value) if isinstance(e, Mapping)), None)
+        t.add_row(str(r.get("name")), str(r.get("codec")), _int(entries), bits(r.get("gaps")), bits(value),
+                  f"{r.get('bits_per_weight', float('nan')):.2f}", _int(r.get("bytes")))
     return t
 
 
