@@ -49,7 +49,7 @@ def tiny(tmp_path) -> Path:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_tsk(path).state_dict()
+    return load_tsk(path, dense=True).state_dict()
 
 
 def test_run_writes_the_report_contract(tiny, tmp_path):
@@ -68,7 +68,7 @@ def test_run_writes_the_report_contract(tiny, tmp_path):
     fc1 = rep["layers"][0]
     assert fc1["shape"] == [64, 64] and fc1["params"] == 64 * 64 + 64 and 0 < fc1["bits_per_weight"] < 32
     assert fc1["nonzeros"] <= round(0.1 * 64 * 64) + 64  # AGP took fc1 to 90 %
-    w = load_tsk(out / "model.tsk").state_dict()
+    w = load_tsk(out / "model.tsk", dense=True).state_dict()
     nonzero = sum(int(t.count_nonzero()) for t in w.values())
     assert rep["result"]["nonzero_params"] == nonzero
     for who in ("baseline", "result"):

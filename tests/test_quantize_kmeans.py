@@ -195,4 +195,4 @@ def test_include_bias_shares_biases_and_round_trips(tmp_path):
     assert info.codecs["0.bias"].startswith("shared")
     x = torch.randn(5, 20)
     plain = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 3))
-    assert torch.equal(load(tmp_path / "b.tsk", model=plain)(x), net(x))
+    assert torch.equal(load(tmp_path / "b.tsk", model=plain, dense=True)(x), net(x))

@@ -134,7 +134,7 @@ def test_round_trip_is_exact_for_every_codec(tmp_path, codecs, huffman, index_bi
     if weight_codec:
         assert weight_codec in info.codecs["3.weight"]
     assert info.codecs["1.num_batches_tracked"] == "raw:int64"
-    loaded = load(tmp_path / "m.tsk", model=small_net(seed=1))
+    loaded = load(tmp_path / "m.tsk", model=small_net(seed=1), dense=True)
     assert_same_state(effective_state_dict(net), loaded.state_dict())
     assert info.file_bytes == (tmp_path / "m.tsk").stat().st_size
 
@@ -172,7 +172,7 @@ def test_other_dtypes_round_trip_raw(tmp_path) -> None:
 
 def test_pruned_lenet_loads_to_the_same_outputs_and_is_ten_times_smaller(tmp_path, pruned_lenet) -> None:
     info = save(pruned_lenet, tmp_path / "lenet.tsk")
-    loaded = load(tmp_path / "lenet.tsk")
+    loaded = load(tmp_path / "lenet.tsk", dense=True)
     assert isinstance(loaded, ts.models.LeNet300100) and not loaded.training
     x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -328,17 +328,17 @@ def test_surgery_plan_is_replayed_or_refused(tmp_path, monkeypatch, pruned_lenet
     seen = []
     monkeypatch.setitem(sys.modules, "torchshrink.factorize.svd",
                         types.SimpleNamespace(apply_surgery=lambda m, plan: seen.append(plan)))
-    loaded = load(tmp_path / "s.tsk")
+    loaded = load(tmp_path / "s.tsk", dense=True)
     assert seen == [pruned_lenet.surgery] and loaded.surgery == pruned_lenet.surgery
     monkeypatch.setitem(sys.modules, "torchshrink.factorize.svd", types.SimpleNamespace())
     with pytest.raises(TskFormatError, match="unsupported surgery op"):
         load(tmp_path / "s.tsk")
 
 
-def test_dense_false_is_not_implemented_yet(tmp_path, pruned_lenet) -> None:
+def test_default_load_without_packed_layers_is_plain(tmp_path, pruned_lenet) -> None:
     save(pruned_lenet, tmp_path / "l.tsk")
-    with pytest.raises(TskFormatError, match="dense=False"):
-        load(tmp_path / "l.tsk", dense=False)
+    fast = load(tmp_path / "l.tsk")  # pruned-only weights: no packed form, plain layers
+    assert all(type(m).__module__.startswith("torch.") for m in fast.modules() if m is not fast)
 
 
 # --- bad arguments -------------------------------------------------------------------------

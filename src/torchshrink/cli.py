@@ -160,11 +160,75 @@ def eval_(
                   f"(loss {res['loss']:.4f})")
 
 
-def _floats(text: str, what: str) -> list[float]:
+@app.command()
+def bench(
+    file: Annotated[Path, typer.Argument(help="a .tsk file")],
+    batch: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,64",
+    data: Annotated[Optional[str], typer.Option(help="check predictions on this data set's test split")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="data directory (MNIST, CIFAR-10)")] = None,
+    repeats: Annotated[int, typer.Option(min=3, help="timed runs per batch size")] = 100,
+    json_: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Latency of the compressed runtime model vs the decoded dense PyTorch model, in one process."""
+    import json
+
+    from .format import load, read_tsk
+    from .measure import latency_ms
+
+    batches = [int(b) for b in _floats(batch, "batch", whole=True)]
+    spec = read_tsk(file).zoo_spec
+    if not spec:
+        raise TorchshrinkError(f"{file} records no architecture (zoo_spec); bench needs a zoo model file")
+    shape = tuple(spec["input_shape"])
+    fast, plain = load(file), load(file, dense=True)
+    rows = []
+    for b in batches:
+        d = latency_ms(plain, shape, b, repeats=repeats)["median_ms"]
+        c = latency_ms(fast, shape, b, repeats=repeats)["median_ms"]
+        rows.append({"batch": b, "dense_ms": d, "compressed_ms": c, "speedup": d / c})
+    result = {"file": str(file), "input_shape": list(shape), "rows": rows,
+              "weight_bytes": {"dense": _weight_bytes(plain), "compressed": _weight_bytes(fast)}}
+    if data:
+        from .data import load_data
+
+        x = load_data(data, root).test.tensors[0]
+        with __import__("torch").no_grad():
+            result["prediction_agreement"] = float((fast(x).argmax(1) == plain(x).argmax(1)).float().mean())
+    if json_:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{file}: compressed runtime vs dense PyTorch (median of {repeats})")
+    for col in ("batch", "dense ms", "compressed ms", "speed-up"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r["batch"]), f"{r['dense_ms']:.4f}", f"{r['compressed_ms']:.4f}", f"{r['speedup']:.2f}x")
+    console.print(t)
+    wb = result["weight_bytes"]
+    console.print(f"weight bytes touched per inference: dense {wb['dense']:,}, compressed {wb['compressed']:,}")
+    if "prediction_agreement" in result:
+        console.print(f"predictions identical on {data} test set: {result['prediction_agreement']:.2%}")
+
+
+def _weight_bytes(model) -> int:
+    """Bytes of weights a forward pass reads: kernel data of runtime modules, stored tensors otherwise."""
+    if hasattr(model, "weight_bytes"):
+        bias = getattr(model, "bias", None)
+        return model.weight_bytes + (0 if bias is None else bias.numel() * 4)
+    own = sum(p.numel() * p.element_size() for p in model.parameters(recurse=False))
+    return own + sum(_weight_bytes(c) for c in model.children())
+
+
+def _floats(text: str, what: str, whole: bool = False) -> list[float]:
     try:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise TorchshrinkError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+    if whole:
+        if not vals or any(v < 1 or v != int(v) for v in vals):
+            raise TorchshrinkError(f"--{what} must be comma-separated whole numbers >= 1, got {text!r}")
+        return vals
     if not vals or any(not 0 <= v < 1 for v in vals):
         raise TorchshrinkError(f"--{what} values must be in [0, 1), got {text!r}")
     return vals

@@ -360,3 +360,33 @@ def _check_shape(input_shape: object) -> tuple[int, ...]:
 def _check_int(name: str, value: object, minimum: int) -> None:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ModelError(f"The '{name}' parameter must be an int >= {minimum}. Got {value!r}.")
+
+
+# ---------------------------------------------------------------- energy (EIE / Horowitz)
+#: 45 nm energy per operation in pJ (Horowitz, ISSCC 2014, as tabulated by Han et al. 2016, EIE).
+ENERGY_PJ = {"dram_32bit": 640.0, "sram_32bit": 5.0, "fp32_mult": 3.7, "fp32_add": 0.9}
+#: On-chip SRAM assumed when deciding whether weights come from DRAM (EIE: 10.2 MB in 64 PEs).
+ON_CHIP_BYTES = 8 * 1024 * 1024
+
+
+def energy_estimate(macs: int, weight_bytes: int, *, on_chip_bytes: int = ON_CHIP_BYTES) -> dict:
+    """Energy of one inference (batch 1) from the 45 nm figures of Horowitz / EIE.
+
+    Every weight byte is fetched once per inference, from SRAM when all weights fit in
+    ``on_chip_bytes`` and from DRAM otherwise (per 32-bit access); every multiply-
+    accumulate costs one fp32 multiply and one add. Activations, control and codebook
+    lookups are left out (for EIE-style layers the codebook sits in registers).
+    """
+    level = "sram_32bit" if weight_bytes <= on_chip_bytes else "dram_32bit"
+    memory = weight_bytes / 4 * ENERGY_PJ[level]
+    compute = macs * (ENERGY_PJ["fp32_mult"] + ENERGY_PJ["fp32_add"])
+    return {"total_uj": (memory + compute) / 1e6, "memory_uj": memory / 1e6, "compute_uj": compute / 1e6,
+            "weights_from": level.split("_")[0].upper(), "weight_bytes": int(weight_bytes), "macs": int(macs)}
+
+
+def energy_assumptions(on_chip_bytes: int = ON_CHIP_BYTES) -> str:
+    """One line stating the energy model, for reports."""
+    e = ENERGY_PJ
+    return (f"45 nm (Horowitz/EIE): 32-bit DRAM {e['dram_32bit']:g} pJ, SRAM {e['sram_32bit']:g} pJ, "
+            f"fp32 mult {e['fp32_mult']:g} pJ, add {e['fp32_add']:g} pJ; weights read once per inference, "
+            f"from SRAM if they fit in {on_chip_bytes / 2**20:g} MiB else DRAM; activations not counted")

@@ -305,12 +305,14 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
 
     info = save_tsk(model, out / "model.tsk", codecs=recipe.save.codecs or None, huffman=recipe.save.huffman)
     result = bake(model)
-    loaded = load_tsk(out / "model.tsk")
+    loaded = load_tsk(out / "model.tsk", dense=True)
     report = build_report(st, baseline, result, base_acc)
     report["size"].update(storage_report(info, out / "model.tsk", report["size"]["dense_bytes"]))
     report["size"]["roundtrip_exact"] = outputs_equal(result, loaded, data.test)
     if not report["size"]["roundtrip_exact"]:
         raise TorchshrinkError(f"{out / 'model.tsk'} does not reproduce the model's outputs; please report this bug")
+    report["energy"] = energy_report(report)
+    report["runtime"] = runtime_report(out / "model.tsk", result, data, recipe)
     bits = {row["name"]: row for row in report["size"]["tensors"]}
     for layer in report["layers"]:
         row = bits.get(f"{layer['name']}.weight")
@@ -342,6 +344,39 @@ def outputs_equal(a: nn.Module, b: nn.Module, dataset: Any, batch: int = 512) ->
         if not torch.equal(a(xb), b(xb)):
             return False
     return True
+
+
+def energy_report(report: dict[str, Any]) -> dict[str, Any]:
+    """Dense baseline vs compressed model: energy per inference (see measure.energy_estimate)."""
+    from .measure import energy_assumptions, energy_estimate
+
+    dense = energy_estimate(report["baseline"]["macs_dense"], 4 * report["baseline"]["params"])
+    stored = sum(t["bytes"] for t in report["size"]["tensors"])
+    comp = energy_estimate(report["result"]["macs_effective"], stored)
+    return {"dense": dense, "compressed": comp, "ratio": dense["total_uj"] / max(comp["total_uj"], 1e-12),
+            "assumptions": energy_assumptions() + "; compressed weights counted at their model.tsk size, "
+                           "operations at the nonzero weights"}
+
+
+def runtime_report(path: Path, result: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
+    """The runtime model (load(dense=False)) vs the decoded dense one: agreement and latency."""
+    from .format import load as load_tsk
+    from .runtime.fused import FusedSparseMLP
+    from .runtime.modules import CompressedConv2d, CompressedLinear
+
+    fast = load_tsk(path)
+    plain = load_tsk(path, dense=True)
+    n_fast = sum(isinstance(m, (CompressedLinear, CompressedConv2d, FusedSparseMLP)) for m in fast.modules())
+    with torch.no_grad():
+        x = data.test.tensors[0]
+        agree = float((fast(x).argmax(1) == plain(x).argmax(1)).float().mean())
+    out: dict[str, Any] = {"compressed_layers": n_fast, "prediction_agreement": agree}
+    if recipe.measure.latency and n_fast:
+        shape = data.input_shape
+        out["latency"] = {"dense": latency_table(plain, shape, recipe.measure.batches, repeats=recipe.measure.repeats),
+                          "compressed": latency_table(fast, shape, recipe.measure.batches,
+                                                      repeats=recipe.measure.repeats)}
+    return out
 
 
 def storage_report(info: Any, path: Path, dense_bytes: int) -> dict[str, Any]:

@@ -107,6 +107,9 @@ def print_report(report: Mapping[str, Any], console: Console | None = None) -> N
     if storage is not None:
         console.print(storage)
     console.print(_summary_table(report))
+    runtime = _runtime_table(report)
+    if runtime is not None:
+        console.print(runtime)
     history = report.get("history") or []
     if history:
         console.print(_history_table(history))
@@ -187,6 +190,30 @@ def _storage_table(size: Mapping[str, Any]) -> Table | None:
         entries = next((e.get("entries") for e in (r.get("gaps"), value) if isinstance(e, Mapping)), None)
         t.add_row(str(r.get("name")), str(r.get("codec")), _int(entries), bits(r.get("gaps")), bits(value),
                   f"{r.get('bits_per_weight', float('nan')):.2f}", _int(r.get("bytes")))
+    return t
+
+
+def _runtime_table(report: Mapping[str, Any]) -> Table | None:
+    """Energy per inference (estimate) and the runtime model's latency vs the dense one."""
+    energy, runtime = report.get("energy"), report.get("runtime") or {}
+    if not isinstance(energy, Mapping):
+        return None
+    t = Table(title="Inference: dense vs compressed runtime",
+              caption=str(energy.get("assumptions", "")), caption_justify="left")
+    for col in ("", "dense", "compressed", "change"):
+        t.add_column(col, justify="left" if not col else "right")
+    d, c = energy.get("dense") or {}, energy.get("compressed") or {}
+    t.add_row("energy per inference (µJ, estimate)", f"{d.get('total_uj', float('nan')):.4f}",
+              f"{c.get('total_uj', float('nan')):.4f}", _ratio(d.get("total_uj"), c.get("total_uj"), "less"))
+    t.add_row("weight bytes read", _int(d.get("weight_bytes")), _int(c.get("weight_bytes")),
+              f"from {d.get('weights_from', '?')} / {c.get('weights_from', '?')}")
+    lat = runtime.get("latency") or {}
+    for key in _batch_keys((lat.get("dense") or {}).keys()):
+        a = (lat["dense"].get(key) or {}).get("median_ms")
+        b = ((lat.get("compressed") or {}).get(key) or {}).get("median_ms")
+        t.add_row(f"runtime latency {key.replace('_', ' ')} (median)", _ms(a), _ms(b), _speed(a, b))
+    if "prediction_agreement" in runtime:
+        t.add_row("predictions equal to the dense model", "", f"{runtime['prediction_agreement']:.2%}", "")
     return t
 
 

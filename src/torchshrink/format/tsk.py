@@ -25,6 +25,7 @@ Document (the safetensors ``__metadata__["torchshrink"]`` JSON)::
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import importlib
 from collections.abc import Mapping
@@ -255,8 +256,14 @@ def _check_fits(f: TskFile, model: nn.Module) -> None:
             )
 
 
-def load(path: str | Path, *, model: nn.Module | None = None, dense: bool = True) -> nn.Module:
-    """Load a ``.tsk`` file as a plain PyTorch model (in eval mode) with the decoded weights.
+def load(path: str | Path, *, model: nn.Module | None = None, dense: bool = False) -> nn.Module:
+    """Load a ``.tsk`` file as a model in eval mode.
+
+    ``dense=False`` (the default): layers stored in a packed form (shared codebook
+    indices, PQ codes) become runtime modules that run the compressed weights directly
+    (:mod:`torchshrink.runtime.modules`); every other layer is plain PyTorch. Their
+    outputs equal the decoded model's within float32 rounding.
+    ``dense=True``: a plain PyTorch model with the decoded weights, bit-exact.
 
     With ``model`` given, its weights are replaced (keys and shapes must match the file);
     otherwise the architecture is rebuilt from the file's ``zoo_spec`` (and surgery
@@ -265,11 +272,6 @@ def load(path: str | Path, *, model: nn.Module | None = None, dense: bool = True
     with a surgery plan is checked after the plan is replayed) -- and the architecture is
     built for real only once every tensor has decoded.
     """
-    if dense is not True:
-        raise TskFormatError(
-            "load(..., dense=False) (runtime modules with compressed kernels) is not implemented yet; "
-            "use dense=True."
-        )
     f = read_tsk(path)
     if model is None:
         if not f.surgery:
@@ -284,7 +286,29 @@ def load(path: str | Path, *, model: nn.Module | None = None, dense: bool = True
         state = None
     _check_fits(f, model)
     model.load_state_dict(f.state_dict() if state is None else state)
+    if not dense:
+        from ..runtime.fused import fuse
+
+        plain = model.eval()
+        swapped = _use_runtime_modules(f, copy.deepcopy(plain))
+        return fuse(plain, swapped).eval()
     return model.eval()
+
+
+def _use_runtime_modules(f: TskFile, model: nn.Module) -> nn.Module:
+    """Swap each packed Linear / Conv2d for its runtime module (in place); return the model."""
+    from ..runtime.modules import compress_module
+
+    for name, layer in list(model.named_modules()):
+        key = f"{name}.weight"
+        if key not in f.records or f.record(key)["form"] not in ("shared", "shared_sparse", "pq"):
+            continue
+        fast = compress_module(layer, f.packed(key))
+        if fast is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, fast)
+    return model
 
 
 def inspect_rows(path: str | Path) -> list[dict[str, Any]]:

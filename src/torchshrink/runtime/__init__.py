@@ -1,0 +1,28 @@
+"""Runtime: CPU kernels that run compressed layers without decoding them to dense.
+
+* :mod:`~torchshrink.runtime.sparse` -- pruned, weight-shared layers (EIE, Han et al.
+  2016): :class:`SparseSharedWeight` and :func:`sparse_shared_matmul`, with a batch-1
+  path that skips zero input activations and a batched path for throughput.
+* :mod:`~torchshrink.runtime.pq` -- product-quantized layers run by lookup tables
+  (Q-CNN, Wu et al. 2016): :class:`PQWeight` and :func:`pq_matmul`.
+
+Each kernel has a plain-PyTorch reference twin (``reference_*``: decode, then
+``F.linear``) that the tests compare against. Kernels are numba ``@njit(parallel=True)``
+functions compiled on first use and cached on disk; they use at most as many threads as
+the process has CPUs (see :mod:`torchshrink.runtime._common` on sharing cores with
+torch). ``benchmarks/kernels.py`` measures them against dense and CSR PyTorch.
+"""
+
+from __future__ import annotations
+
+from .pq import PQWeight, pq_matmul, reference_pq_matmul
+from .sparse import SparseSharedWeight, reference_sparse_shared_matmul, sparse_shared_matmul
+
+__all__ = [
+    "PQWeight",
+    "SparseSharedWeight",
+    "pq_matmul",
+    "reference_pq_matmul",
+    "reference_sparse_shared_matmul",
+    "sparse_shared_matmul",
+]

@@ -1,0 +1,127 @@
+"""Shared plumbing for the runtime kernels: argument checks, input conversion, threads.
+
+Threads. numba runs ``parallel=True`` kernels on its own OpenMP/TBB/workqueue pool,
+separate from torch's intra-op pool, and both default to one thread per visible CPU.
+The two pools never run at the same time in one inference (a torch op finishes before a
+kernel starts), so sharing the cores is fine as long as neither pool has more threads
+than there are cores: a kernel whose threads outnumber the cores waits for the slowest
+time slice. :func:`run_kernel` therefore caps numba's thread count for each call at the
+CPUs this process may run on (``os.sched_getaffinity``, which honours ``taskset`` and
+container cpusets, unlike ``os.cpu_count``), uses one thread for small work, and
+restores numba's setting afterwards. Nothing is changed at import time; set
+``NUMBA_NUM_THREADS`` or ``numba.set_num_threads`` to give the kernels fewer threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+
+from ..errors import ModelError
+
+
+#: Below this many inner-loop steps (stored entries x batch rows) a kernel runs on one
+#: thread: waking the pool costs ~15 us, more than splitting such work saves.
+PARALLEL_MIN_WORK = 100_000
+
+
+@functools.cache
+def available_cores() -> int:
+    """CPUs this process may run on (affinity mask where the OS has one), read once."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def run_kernel(kernel: Callable[..., Any], work: int, *args: Any) -> None:
+    """Call a ``parallel=True`` kernel with a sane thread count, then restore numba's.
+
+    The count is numba's current one (``NUMBA_NUM_THREADS`` or ``numba.set_num_threads``)
+    capped at :func:`available_cores`, or 1 when ``work < PARALLEL_MIN_WORK``. Kernels
+    that split work themselves receive the count as their last argument.
+    """
+    before = numba.get_num_threads()
+    threads = 1 if work < PARALLEL_MIN_WORK else min(before, available_cores())
+    if threads == before:
+        kernel(*args, threads)
+        return
+    numba.set_num_threads(threads)
+    try:
+        kernel(*args, threads)
+    finally:
+        numba.set_num_threads(before)
+
+
+def check_int(value: Any, name: str, owner: str, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]``, or a :class:`ModelError` naming the fix."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ModelError(f"The '{name}' parameter of {owner} must be an int in [{low}, {high}]. Got {value!r}.")
+    return int(value)
+
+
+def weight_array(weight: Any, owner: str) -> np.ndarray:
+    """A finite 2-D float32 numpy copy of a tensor/array weight (out x in)."""
+    if isinstance(weight, torch.Tensor):
+        weight = weight.detach().cpu().numpy()
+    arr = np.asarray(weight)
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu" or 0 in arr.shape:
+        raise ModelError(
+            f"{owner} expects a real, non-empty 2-D weight (out_features x in_features). "
+            f"Got shape {tuple(arr.shape)} and dtype {arr.dtype}."
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ModelError(f"{owner} got a weight with NaN or infinite values; clean the weight first.")
+    return arr
+
+
+def input_matrix(
+    x: Any, in_features: int, weight_shape: tuple[int, int], owner: str
+) -> tuple[np.ndarray, tuple, torch.dtype]:
+    """Flatten an input ``(*, in_features)`` tensor into a float32 numpy ``(batch, in)`` matrix.
+
+    Returns the matrix (a view of ``x``'s storage when it is already a contiguous float32
+    CPU tensor, else a copy), the leading shape to restore, and ``x``'s dtype. Floating
+    inputs of other precisions are computed in float32 and cast back by the caller.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ModelError(f"{owner} expects a torch.Tensor input. Got {type(x).__name__}.")
+    if x.device.type != "cpu":
+        raise ModelError(f"{owner} runs on the CPU only. Got an input on {x.device}; call x.cpu() first.")
+    if not x.is_floating_point():
+        raise ModelError(f"{owner} expects a floating-point input. Got dtype {x.dtype}; call x.float() first.")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ModelError(
+            f"{owner}: input of shape {tuple(x.shape)} does not match weight of shape "
+            f"{weight_shape} (out_features x in_features); the input's last dimension "
+            f"must be {in_features}."
+        )
+    lead = tuple(x.shape[:-1])
+    # Each torch call before a kernel costs more than its own microsecond (it evicts the
+    # kernel launcher's code and branch history), so the common case makes just one.
+    if x.dtype == torch.float32 and not x.requires_grad and x.is_contiguous():
+        arr = x.numpy()
+    else:
+        arr = x.detach().to(torch.float32).contiguous().numpy()
+    return arr.reshape(-1, in_features), lead, x.dtype
+
+
+def output_tensor(
+    y: np.ndarray, lead: tuple, dtype: torch.dtype, bias: torch.Tensor | None, owner: str
+) -> torch.Tensor:
+    """Wrap a float32 ``(batch, out)`` result: add ``bias``, restore the leading shape and dtype."""
+    n_out = y.shape[1]
+    out = torch.from_numpy(y.reshape(*lead, n_out))
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (n_out,):
+            got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise ModelError(f"{owner}: bias must be a tensor of shape ({n_out},). Got {got}.")
+        out += bias.detach().to(device="cpu", dtype=torch.float32)
+    return out if dtype == torch.float32 else out.to(dtype)

@@ -1,0 +1,293 @@
+"""Sparse shared-weight linear layers computed without decoding (EIE, Han et al. 2016).
+
+A pruned, weight-shared layer (Deep Compression) keeps for every nonzero weight only a
+``bits``-wide index into a per-layer codebook of ``K <= 2**bits`` nonzero values. EIE
+(Han et al., ISCA 2016, §III) multiplies such a layer by an activation vector directly:
+it walks the compressed columns of the *nonzero* inputs only (dynamic activation
+sparsity: after a ReLU about half the inputs are zero) and looks each weight up in the
+codebook as it goes.
+
+:class:`SparseSharedWeight` holds two in-memory layouts of the same nonzeros, because on
+a CPU neither wins everywhere (measured on a 2-core AVX-512 Xeon, see
+``benchmarks/kernels.py``):
+
+* **row chunks** -- per output row, the column indices of the nonzeros grouped by code
+  and cut into chunks of 8 with one shared code per chunk (short chunks padded with an
+  index of a zero input). One vector gather and one multiply per chunk; every
+  nonzero is read once whatever the input. Used for batches and for batch-1 inputs with
+  few zeros.
+* **column lists** (EIE's CSC order) -- per input column, the (row, code) pairs. The
+  batch-1 kernel visits only columns whose input is nonzero, computes the ``K`` products
+  ``codebook[k] * x_j`` once per column (EIE's shared-weight trick) and scatter-adds by
+  code. Its cost falls with the input's density; it is chosen when
+  ``active nonzeros * EIE_COST_RATIO < row-chunk entries``.
+
+Indices are stored absolute within their row/column as ``uint16`` when the dimension
+allows (``uint32`` otherwise) and codes as ``uint8``; the relative (zero-run) indices of
+EIE and Deep Compression belong to the file codec (``torchshrink.format.sparse``), since
+decoding a run-length stream is sequential and would serialize the vector kernels.
+Kernels are inference-only (no autograd) and compute in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit
+
+from ..errors import ModelError
+from . import _sparse_kernels as kern
+from ._common import check_int, input_matrix, output_tensor, run_kernel, weight_array
+
+#: Cost of one visited nonzero in the column (scalar scatter) kernel relative to one
+#: row-chunk entry (vector gather); measured 2.0-2.7 on the benchmark machine (1 and 2
+#: threads), so the EIE path is taken when fewer than about 40 % of the inputs are nonzero.
+EIE_COST_RATIO = 2.5
+MAX_BITS = 8
+_OWNER = "SparseSharedWeight"
+
+
+def _index_dtype(largest: int) -> type:
+    return np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+def linear_codebook(values: np.ndarray, bits: int) -> np.ndarray:
+    """``2**bits - 1`` evenly spaced levels over ``[min, max]`` of ``values``, zero and repeats dropped.
+
+    Deep Compression's linear initialization (§3.1, Fig. 4) without the k-means
+    refinement. A level that falls exactly on 0.0 is dropped so that zero stays the
+    pruned weight, never a shared value.
+    """
+    if values.size == 0:
+        return np.zeros(0, np.float32)
+    levels = np.linspace(values.min(), values.max(), (1 << bits) - 1, dtype=np.float64).astype(np.float32)
+    levels = np.unique(levels)
+    return levels[levels != 0]
+
+
+def nearest_code(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Index of the nearest codebook entry for every value (ties go to the smaller entry)."""
+    order = np.argsort(codebook, kind="stable")
+    sorted_cb = codebook[order].astype(np.float64)
+    mids = (sorted_cb[1:] + sorted_cb[:-1]) / 2
+    return order[np.searchsorted(mids, values.astype(np.float64), side="left")].astype(np.uint8)
+
+
+@njit(cache=True)
+def _active_nonzeros(x, col_ptr):
+    total = 0
+    for j in range(x.size):
+        if x[j] != 0:
+            total += col_ptr[j + 1] - col_ptr[j]
+    return total
+
+
+@dataclass(frozen=True, eq=False)
+class SparseSharedWeight:
+    """A pruned, weight-shared ``out x in`` matrix in the two kernel layouts.
+
+    Build it with :meth:`from_dense` or :meth:`from_csr`. All arrays are read-only.
+    ``chunk_*`` is the row-chunk layout, ``col_*`` the EIE column layout (see module doc).
+    """
+
+    shape: tuple[int, int]
+    bits: int
+    codebook: np.ndarray  # (K,) float32, nonzero, K <= 2**bits
+    nnz: int
+    chunk_ptr: np.ndarray  # (out + 1,) int64: chunks of row o are chunk_ptr[o]:chunk_ptr[o+1]
+    chunk_code: np.ndarray  # (n_chunks,) uint8: the code shared by a chunk
+    chunk_index: np.ndarray  # (8 * n_chunks,) uint16/32 column indices; in_features = padding
+    col_ptr: np.ndarray  # (in + 1,) int64
+    col_row: np.ndarray  # (nnz,) uint16/32 row indices, ascending within a column
+    col_code: np.ndarray  # (nnz,) uint8
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nbytes_rows(self) -> int:
+        """Bytes the row-chunk kernels read per call (pointers, codes, indices, codebook)."""
+        return self.chunk_ptr.nbytes + self.chunk_code.nbytes + self.chunk_index.nbytes + self.codebook.nbytes
+
+    @property
+    def nbytes_cols(self) -> int:
+        """Bytes the EIE column kernel reads per call when every input is nonzero."""
+        return self.col_ptr.nbytes + self.col_row.nbytes + self.col_code.nbytes + self.codebook.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory by both layouts together."""
+        return self.nbytes_rows + self.nbytes_cols - self.codebook.nbytes
+
+    @classmethod
+    def from_dense(
+        cls, weight: torch.Tensor | np.ndarray, bits: int = 4, codebook: np.ndarray | None = None
+    ) -> SparseSharedWeight:
+        """Share the nonzeros of ``weight`` through a codebook (nearest entry per weight).
+
+        Zeros stay pruned. Without ``codebook``, a linear codebook of ``2**bits - 1``
+        levels over the nonzeros' ``[min, max]`` is used (:func:`linear_codebook`); a
+        given codebook (e.g. from k-means) must have at most ``2**bits`` finite,
+        nonzero entries.
+        """
+        bits = check_int(bits, "bits", _OWNER, 1, MAX_BITS)
+        w = weight_array(weight, _OWNER)
+        rows, cols = np.nonzero(w)
+        values = w[rows, cols]
+        if codebook is None:
+            cb = linear_codebook(values, bits)
+        else:
+            cb = _check_codebook(codebook, bits)
+        if values.size and cb.size == 0:
+            raise ModelError(f"{_OWNER}: the codebook is empty but the weight has {values.size} nonzeros.")
+        codes = nearest_code(values, cb) if values.size else np.zeros(0, np.uint8)
+        return cls._build(w.shape, rows, cols, codes, cb, bits)
+
+    @classmethod
+    def from_csr(
+        cls,
+        shape: tuple[int, int],
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        codes: np.ndarray,
+        codebook: np.ndarray,
+        bits: int = 4,
+    ) -> SparseSharedWeight:
+        """Build from CSR arrays of codes (e.g. decoded from a ``.tsk`` file).
+
+        ``indptr`` (out + 1), ``indices`` (column of each nonzero) and ``codes`` (its
+        codebook index) as in ``scipy.sparse.csr_matrix``; duplicates are not allowed.
+        """
+        bits = check_int(bits, "bits", _OWNER, 1, MAX_BITS)
+        if len(shape) != 2:
+            raise ModelError(f"{_OWNER}: shape must be (out_features, in_features). Got {tuple(shape)}.")
+        out_f = check_int(shape[0], "shape[0]", _OWNER, 1, 1 << 31)
+        in_f = check_int(shape[1], "shape[1]", _OWNER, 1, (1 << 31) - 1)
+        indptr = np.asarray(indptr, np.int64)
+        indices = np.asarray(indices)
+        codes = np.asarray(codes)
+        cb = _check_codebook(codebook, bits)
+        n = indices.size
+        if indptr.shape != (out_f + 1,) or indptr[0] != 0 or indptr[-1] != n or np.any(np.diff(indptr) < 0):
+            raise ModelError(f"{_OWNER}: indptr must be non-decreasing, of length {out_f + 1}, from 0 to {n}.")
+        if codes.shape != (n,) or (n and (codes.min() < 0 or codes.max() >= cb.size)):
+            raise ModelError(f"{_OWNER}: codes must hold one index in [0, {cb.size}) per stored column index.")
+        if n and (indices.min() < 0 or indices.max() >= in_f):
+            raise ModelError(f"{_OWNER}: column indices must lie in [0, {in_f}).")
+        rows = np.repeat(np.arange(out_f, dtype=np.int64), np.diff(indptr))
+        cols = indices.astype(np.int64)
+        if n and np.unique(rows * in_f + cols).size != n:
+            raise ModelError(f"{_OWNER}: the CSR arrays hold duplicate (row, column) entries; sum them first.")
+        return cls._build((out_f, in_f), rows, cols, codes.astype(np.uint8), cb, bits)
+
+    @classmethod
+    def _build(cls, shape, rows, cols, codes, cb, bits) -> SparseSharedWeight:
+        out_f, in_f = shape
+        k = max(cb.size, 1)
+        rows = rows.astype(np.int64)
+        cols = cols.astype(np.int64)
+        # Row chunks: segment = (row, code); each segment padded to a multiple of CHUNK.
+        seg = rows * k + codes
+        count = np.bincount(seg, minlength=out_f * k)
+        n_chunks = -(-count // kern.CHUNK)
+        chunk_start = np.zeros(out_f * k + 1, np.int64)
+        np.cumsum(n_chunks, out=chunk_start[1:])
+        order = np.lexsort((cols, seg))
+        seg_sorted = seg[order]
+        first = np.zeros(out_f * k + 1, np.int64)
+        np.cumsum(count, out=first[1:])
+        slot = chunk_start[seg_sorted] * kern.CHUNK + np.arange(order.size) - first[seg_sorted]
+        chunk_index = np.full(chunk_start[-1] * kern.CHUNK, in_f, _index_dtype(in_f))
+        chunk_index[slot] = cols[order]
+        chunk_code = np.repeat(np.tile(np.arange(k, dtype=np.uint8), out_f), n_chunks)
+        # Column lists (CSC), rows ascending within a column.
+        order = np.lexsort((rows, cols))
+        col_ptr = np.zeros(in_f + 1, np.int64)
+        np.cumsum(np.bincount(cols, minlength=in_f), out=col_ptr[1:])
+        return cls(
+            shape=(int(out_f), int(in_f)),
+            bits=int(bits),
+            codebook=_frozen(cb.astype(np.float32)),
+            nnz=int(rows.size),
+            chunk_ptr=_frozen(chunk_start[::k]),
+            chunk_code=_frozen(chunk_code),
+            chunk_index=_frozen(chunk_index),
+            col_ptr=_frozen(col_ptr),
+            col_row=_frozen(rows[order].astype(_index_dtype(out_f - 1))),
+            col_code=_frozen(codes[order].astype(np.uint8)),
+        )
+
+    def to_dense(self) -> np.ndarray:
+        """Decode to the dense float32 ``out x in`` matrix (for references and export)."""
+        w = np.zeros(self.shape, np.float32)
+        cols = np.repeat(np.arange(self.in_features), np.diff(self.col_ptr))
+        w[self.col_row.astype(np.int64), cols] = self.codebook[self.col_code]
+        return w
+
+    def __repr__(self) -> str:
+        density = self.nnz / (self.shape[0] * self.shape[1])
+        return (
+            f"SparseSharedWeight(shape={self.shape}, nnz={self.nnz} ({density:.1%}), "
+            f"codebook={self.codebook.size} x {self.bits} bits, nbytes={self.nbytes})"
+        )
+
+
+def _check_codebook(codebook: Any, bits: int) -> np.ndarray:
+    cb = np.asarray(codebook)
+    if cb.ndim != 1 or cb.dtype.kind not in "fiu" or cb.size > (1 << bits):
+        raise ModelError(
+            f"{_OWNER}: the codebook must be a 1-D real array of at most 2**bits = {1 << bits} "
+            f"entries. Got shape {cb.shape} and dtype {cb.dtype}; raise 'bits' or shrink the codebook."
+        )
+    cb = cb.astype(np.float32)
+    if not np.isfinite(cb).all() or np.any(cb == 0):
+        raise ModelError(f"{_OWNER}: codebook entries must be finite and nonzero (zero means pruned). Got {cb}.")
+    return cb
+
+
+def sparse_shared_matmul(x: torch.Tensor, w: SparseSharedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``W`` a :class:`SparseSharedWeight`, never decoded to dense.
+
+    ``x`` has shape ``(*, in_features)``; a single vector takes the batch-1 path (the EIE
+    column kernel, which skips zero inputs, when the input is sparse enough, else the
+    row-chunk gather kernel), larger batches the batched row-chunk kernel. Floating
+    inputs of other precisions are computed in float32 and returned in their dtype.
+    """
+    xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "sparse_shared_matmul")
+    y = np.empty((xm.shape[0], w.out_features), np.float32)
+    if xm.shape[0] == 1:
+        xv = xm[0]
+        active = _active_nonzeros(xv, w.col_ptr)
+        if active * EIE_COST_RATIO < w.chunk_index.size:
+            run_kernel(kern.cols_matvec, active, xv, w.col_ptr, w.col_row, w.col_code, w.codebook, y[0])
+        else:
+            args = (xv, w.chunk_ptr, w.chunk_code, w.chunk_index, w.codebook, y[0])
+            run_kernel(kern.rows_matvec, w.chunk_index.size, *args)
+    elif xm.shape[0] > 1:
+        work = w.chunk_index.size * xm.shape[0]
+        run_kernel(kern.rows_matmul, work, xm, w.chunk_ptr, w.chunk_code, w.chunk_index, w.codebook, y)
+    return output_tensor(y, lead, dtype, bias, "sparse_shared_matmul")
+
+
+def reference_sparse_shared_matmul(
+    x: torch.Tensor, w: SparseSharedWeight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain-PyTorch twin of :func:`sparse_shared_matmul`: decode to dense, then ``F.linear``."""
+    xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "reference_sparse_shared_matmul")
+    y = F.linear(torch.from_numpy(xm), torch.from_numpy(w.to_dense()))
+    return output_tensor(y.numpy(), lead, dtype, bias, "reference_sparse_shared_matmul")
