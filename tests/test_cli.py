@@ -144,3 +144,25 @@ def test_help_everywhere():
     for cmd in ([], ["run"], ["recipes"], ["sensitivity"], ["inspect"], ["eval"]):
         proc = cli(*cmd, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_bench_compares_runtime_and_dense(tmp_path):
+    from torchshrink.format import save
+    from torchshrink.models import build_model
+    from torchshrink.prune import magnitude
+    from torchshrink.quantize import share_weights
+
+    torch.manual_seed(0)
+    model = build_model("lenet300", (1, 8, 8), 10)
+    magnitude(model, 0.9)
+    share_weights(model, 5)
+    save(model, tmp_path / "m.tsk")
+    proc = cli("bench", str(tmp_path / "m.tsk"), "--batch", "1,4", "--repeats", "3", "--data", "digits", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert [r["batch"] for r in res["rows"]] == [1, 4]
+    assert all(r["dense_ms"] > 0 and r["compressed_ms"] > 0 for r in res["rows"])
+    assert res["prediction_agreement"] == 1.0
+    assert 0 < res["weight_bytes"]["compressed"] < res["weight_bytes"]["dense"]
+    bad = cli("bench", str(tmp_path / "m.tsk"), "--batch", "0")
+    assert bad.returncode == 2 and "whole numbers" in bad.stderr
