@@ -73,7 +73,8 @@ def sensitivity(
     set_: SetOpt = None,
 ) -> None:
     """Prune each layer alone over a grid of sparsities; write a table, JSON and a PNG plot."""
-    from .pipeline import RunState, prepare, train_baseline
+    from .pipeline import prepare, train_baseline
+    from .stages import RunState
     from .recipe import load_recipe
     from .sensitivity import sensitivity as analyse
     from .sensitivity import sensitivity_table, write_sensitivity

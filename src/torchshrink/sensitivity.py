@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 from rich.progress import Progress
 from torch import nn
 from torch.utils.data import Dataset
@@ -73,5 +72,3 @@ def sensitivity_table(curves: dict[str, list[dict[str, float]]]):
     for name, pts in curves.items():
         t.add_row(name, *(f"{p['accuracy']:.3f}" for p in pts))
     return t
-
-
