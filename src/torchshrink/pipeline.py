@@ -106,7 +106,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
     if not report["size"]["roundtrip_exact"]:
         raise TorchshrinkError(f"{out / 'model.tsk'} does not reproduce the model's outputs; please report this bug")
     report["energy"] = energy_report(report)
-    report["runtime"] = runtime_report(out / "model.tsk", result, data, recipe)
+    report["runtime"] = runtime_report(out / "model.tsk", loaded, data, recipe)
     bits = {row["name"]: row for row in report["size"]["tensors"]}
     for layer in report["layers"]:
         row = bits.get(f"{layer['name']}.weight")
@@ -152,14 +152,14 @@ def energy_report(report: dict[str, Any]) -> dict[str, Any]:
                            "operations at the nonzero weights"}
 
 
-def runtime_report(path: Path, result: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
-    """The runtime model (load(dense=False)) vs the decoded dense one: agreement and latency."""
+def runtime_report(path: Path, plain: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
+    """The runtime model (load(dense=False)) vs ``plain``, the decoded dense one: agreement and latency."""
     from .format import load as load_tsk
     from .runtime.fused import FusedSparseMLP
     from .runtime.modules import CompressedConv2d, CompressedLinear
 
     fast = load_tsk(path)
-    plain = load_tsk(path, dense=True)
+    plain = plain.cpu().eval()
     n_fast = sum(isinstance(m, (CompressedLinear, CompressedConv2d, FusedSparseMLP)) for m in fast.modules())
     with torch.no_grad():
         x = data.test.tensors[0]
