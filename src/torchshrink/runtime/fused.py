@@ -27,37 +27,34 @@ from .sparse import SparseSharedWeight
 _PASS = (nn.Dropout, nn.Identity, nn.Flatten)
 
 
-def _chain_body(x, sizes, ptr_off, ent_off, cb_off, relu, col_ptr, col_row, col_code, codebooks, biases, out,
-                bufs, b):
+@njit(cache=True)
+def _body(x, sizes, ptr_off, ent_off, cb_off, relu, col_ptr, col_row, col_code, codebooks, biases, out, bufs, b):
+    """Sample ``b`` through every layer (EIE column walk over nonzero activations)."""
     n_layers = sizes.size - 1
     buf = bufs[b]
-    if True:
-        cur, nxt = 0, 1
-        for j in range(sizes[0]):
-            buf[cur, j] = x[b, j]
-        bias_at = 0
-        for layer in range(n_layers):
-            n_in, n_out = sizes[layer], sizes[layer + 1]
+    cur, nxt = 0, 1
+    for j in range(sizes[0]):
+        buf[cur, j] = x[b, j]
+    bias_at = 0
+    for layer in range(n_layers):
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        for o in range(n_out):
+            buf[nxt, o] = biases[bias_at + o]
+        p0, e0, c0 = ptr_off[layer], ent_off[layer], cb_off[layer]
+        for j in range(n_in):
+            v = buf[cur, j]
+            if v == 0.0:
+                continue  # dynamic activation sparsity
+            for p in range(col_ptr[p0 + j], col_ptr[p0 + j + 1]):
+                buf[nxt, col_row[e0 + p]] += codebooks[c0 + col_code[e0 + p]] * v
+        if relu[layer]:
             for o in range(n_out):
-                buf[nxt, o] = biases[bias_at + o]
-            p0, e0, c0 = ptr_off[layer], ent_off[layer], cb_off[layer]
-            for j in range(n_in):
-                v = buf[cur, j]
-                if v == 0.0:
-                    continue  # dynamic activation sparsity
-                for p in range(col_ptr[p0 + j], col_ptr[p0 + j + 1]):
-                    buf[nxt, col_row[e0 + p]] += codebooks[c0 + col_code[e0 + p]] * v
-            if relu[layer]:
-                for o in range(n_out):
-                    if buf[nxt, o] < 0.0:
-                        buf[nxt, o] = 0.0
-            bias_at += n_out
-            cur, nxt = nxt, cur
-        for o in range(sizes[n_layers]):
-            out[b, o] = buf[cur, o]
-
-
-_body = njit(cache=True)(_chain_body)
+                if buf[nxt, o] < 0.0:
+                    buf[nxt, o] = 0.0
+        bias_at += n_out
+        cur, nxt = nxt, cur
+    for o in range(sizes[n_layers]):
+        out[b, o] = buf[cur, o]
 
 
 @njit(cache=True)
@@ -68,7 +65,7 @@ def _chain(x, sizes, ptr_off, ent_off, cb_off, relu, col_ptr, col_row, col_code,
 
 @njit(cache=True, parallel=True)
 def _chain_parallel(x, sizes, ptr_off, ent_off, cb_off, relu, col_ptr, col_row, col_code, codebooks, biases, out,
-                    bufs):
+                    bufs, threads):  # ``threads``: run_kernel's convention; numba's count is already set
     for b in prange(x.shape[0]):
         _body(x, sizes, ptr_off, ent_off, cb_off, relu, col_ptr, col_row, col_code, codebooks, biases, out, bufs, b)
 
@@ -114,7 +111,7 @@ class FusedSparseMLP(nn.Module):
         args = (xm, self.sizes, self.ptr_off, self.ent_off, self.cb_off, self.relu, self.col_ptr, self.col_row,
                 self.col_code, self.codebooks, self.biases, out, bufs)
         if xm.shape[0] >= PARALLEL_MIN_BATCH and available_cores() > 1:
-            run_kernel(lambda *a: _chain_parallel(*a[:-1]), 1 << 30, *args)
+            run_kernel(_chain_parallel, 1 << 30, *args)
         else:
             _chain(*args)
         return torch.from_numpy(out)
