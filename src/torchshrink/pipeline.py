@@ -90,10 +90,9 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
         RUNNERS[stage.technique](st, stage, tag)
         if stage.technique in ("small_dense", "compare"):  # leave the model as it was
             continue
-        acc = evaluate(model, data.test)["accuracy"]
-        st.history.append({"stage": tag, "technique": stage.technique, "accuracy": acc,
-                           "weight_sparsity": weight_sparsity(model)})
-        console.print(f"{tag}: accuracy {acc:.4f}, weight sparsity {weight_sparsity(model):.4f}")
+        acc, sparsity = evaluate(model, data.test)["accuracy"], weight_sparsity(model)
+        st.history.append({"stage": tag, "technique": stage.technique, "accuracy": acc, "weight_sparsity": sparsity})
+        console.print(f"{tag}: accuracy {acc:.4f}, weight sparsity {sparsity:.4f}")
     from .format import load as load_tsk
     from .format import save as save_tsk
 

@@ -52,7 +52,8 @@ class RunState:
         recorder = _Recorder(self)
         hist = fit(model, self.data.train, cfg, test_data=self.data.test, callbacks=[*callbacks, recorder],
                    checkpoint=self.out / "checkpoints" / f"{tag}.pt", resume=self.resume, seed=self.seed,
-                   progress=self.progress, log=lambda s: self.console.print(f"[dim]{s}[/dim]", soft_wrap=True), description=tag)
+                   progress=self.progress, description=tag,
+                   log=lambda s: self.console.print(f"[dim]{s}[/dim]", soft_wrap=True))
         self.steps_done += recorder.steps_per_epoch * cfg.epochs
         return hist
 
