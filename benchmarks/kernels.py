@@ -6,12 +6,15 @@ size, the median latency of
 * ``dense``       -- ``torch.nn.functional.linear(x, W_hat)`` in float32,
 * ``csr``         -- ``torch.sparse_csr_tensor`` ``@`` the input (``W @ x`` for batch 1,
   ``W @ x.T`` with ``x.T`` made contiguous before timing for batches),
-* ``torchshrink`` -- :func:`torchshrink.runtime.sparse_shared_matmul` (4-bit codebook),
+* ``torchshrink`` -- :func:`torchshrink.runtime.sparse_shared_matmul` (4-bit codebook:
+  k-means weight sharing, :class:`torchshrink.quantize.SharedWeights`),
 
 where ``W_hat`` is the decoded shared-weight matrix, so all three compute the same
 function. Product quantization (Q-CNN): ``dense`` vs :func:`torchshrink.runtime.pq_matmul`
-at sub-vector lengths 4 and 8 with 256 codewords (k-means with 2 Lloyd iterations; the
-values do not change the kernel's speed).
+at sub-vector lengths 4 and 8 with 256 codewords (:class:`torchshrink.quantize.ProductQuantized`,
+k-means with 2 Lloyd iterations; the values do not change the kernel's speed). Kernel
+weights are built as the runtime gets them: the technique packs the weight, then
+``from_packed`` lays it out.
 
 Inputs are post-ReLU-like: ``|N(0, 1)|`` with a fraction ``--input-density`` of entries
 nonzero (default 0.5, what a ReLU gives). Every method is warmed up first (numba
@@ -36,6 +39,7 @@ import numba
 import torch
 import torch.nn.functional as F
 
+from torchshrink.quantize import ProductQuantized, SharedWeights
 from torchshrink.runtime import PQWeight, SparseSharedWeight, pq_matmul, sparse_shared_matmul
 from torchshrink.runtime._common import available_cores
 
@@ -66,12 +70,29 @@ def make_input(batch: int, n: int, density: float, gen: torch.Generator) -> torc
     return x * (torch.rand(batch, n, generator=gen) < density)
 
 
+def shared_weight(weight: torch.Tensor, bits: int) -> SparseSharedWeight:
+    """The kernel layout of ``weight`` shared by k-means into ``2**bits - 1`` levels (zeros stay pruned)."""
+    w = SparseSharedWeight.from_packed(SharedWeights.from_weight(weight, bits).pack(weight))
+    if w is None:
+        raise SystemExit(f"SparseSharedWeight.from_packed cannot run a {bits}-bit shared weight")
+    return w
+
+
+def pq_weight(weight: torch.Tensor, subvector: int, codewords: int, iters: int) -> PQWeight:
+    """The kernel layout of ``weight`` product-quantized with ``codewords`` per sub-space."""
+    pq = ProductQuantized.from_weight(weight, subvector=subvector, codewords=codewords, iters=iters)
+    w = PQWeight.from_packed(pq.pack(weight))
+    if w is None:
+        raise SystemExit(f"PQWeight.from_packed cannot run {codewords} codewords")
+    return w
+
+
 def sparse_rows(shapes, densities, batches, input_density, rounds, repeats, gen) -> list[dict]:
     rows = []
     for out_f, in_f in shapes:
         for density in densities:
             weight = torch.randn(out_f, in_f, generator=gen) * (torch.rand(out_f, in_f, generator=gen) < density)
-            w = SparseSharedWeight.from_dense(weight, bits=4)
+            w = shared_weight(weight, bits=4)
             dense = torch.from_numpy(w.to_dense())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
@@ -111,7 +132,7 @@ def pq_rows(shapes, subvectors, batches, input_density, rounds, repeats, gen) ->
     for out_f, in_f in shapes:
         weight = torch.randn(out_f, in_f, generator=gen)
         for d in subvectors:
-            w = PQWeight.from_dense(weight, subvector=d, codewords=256, iterations=2)
+            w = pq_weight(weight, subvector=d, codewords=256, iters=2)
             dense = torch.from_numpy(w.to_dense())
             for batch in batches:
                 x = make_input(batch, in_f, input_density, gen)

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import torchshrink as ts  # noqa: E402
 from torchshrink.quantize.kmeans import SharedWeights  # noqa: E402
-from torchshrink.transforms import attach, original  # noqa: E402
+from torchshrink.core.transform import attach, original  # noqa: E402
 
 SENTENCES = [
     "The cat sits on the mat.", "A dog is playing in the park.", "Stock markets fell sharply today.",

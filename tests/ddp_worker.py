@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from torchshrink.prune.masks import masks
-from torchshrink.prune.schedule import AGP
+from torchshrink.prune.agp import AGP
 from torchshrink.train import TrainConfig, fit
-from torchshrink.transforms import effective_state_dict
+from torchshrink.core.transform import effective_state_dict
 
 
 def main(out: Path) -> None:

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from torchshrink import measure
-from torchshrink.errors import DataError, ModelError
+from torchshrink.errors import ModelError
 
 
 class FixedMask(nn.Module):
@@ -182,23 +182,17 @@ def test_latency_stops_early_with_three_runs() -> None:
     assert out["median_ms"] >= 10.0
 
 
-def test_accuracy_known_answers() -> None:
+def test_evaluate_known_answers() -> None:
+    from torchshrink.train import evaluate
+
     fc = nn.Linear(3, 3, bias=False)
     with torch.no_grad():
         fc.weight.copy_(torch.eye(3))  # prediction = argmax of the input
     x = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [2, 1, 0], [0, 5, 1]])
     y = torch.tensor([0, 1, 0, 0, 2])  # samples 2 and 4 are wrong
     fc.train()
-    ds = TensorDataset(x, y)
-    assert measure.accuracy(fc, ds, batch_size=2) == pytest.approx(0.6, abs=1e-12)
-    assert measure.accuracy(fc, DataLoader(ds, batch_size=3)) == pytest.approx(0.6, abs=1e-12)
+    assert evaluate(fc, TensorDataset(x, y), batch_size=2)["accuracy"] == pytest.approx(0.6, abs=1e-12)
     assert fc.training
-
-
-def test_accuracy_empty_data() -> None:
-    ds = TensorDataset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(DataError, match="empty"):
-        measure.accuracy(nn.Linear(3, 3), ds)
 
 
 def test_rejects_non_module() -> None:

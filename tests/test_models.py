@@ -16,7 +16,7 @@ from torchshrink.models import (
     build_model,
     list_models,
 )
-from torchshrink.selection import select_layers
+from torchshrink.core.select import select_layers
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 NAMES = ["lenet300", "lenet5", "resnet20", "resnet32", "resnet56", "vgg16"]

@@ -12,7 +12,7 @@ from torchshrink.errors import ModelError
 from torchshrink.prune import magnitude
 from torchshrink.quantize import SharedWeights, compression_rate_kmeans, share_weights
 from torchshrink.train import TrainConfig, fit
-from torchshrink.transforms import find, original
+from torchshrink.core.transform import find, original
 
 
 def _distinct(t: torch.Tensor) -> int:
@@ -148,7 +148,7 @@ def test_all_zero_layer_has_empty_codebook():
 
 @pytest.mark.parametrize("bits", [0, 17, 2.5, True, "4"])
 def test_bad_bits_raise(bits):
-    with pytest.raises(ModelError, match="'bits' parameter must be an int in \\[1, 16\\]"):
+    with pytest.raises(ModelError, match="The 'bits' parameter of kmeans must be an int in \\[1, 16\\]. Got .* instead."):
         share_weights(make_mlp(), bits=bits)
 
 

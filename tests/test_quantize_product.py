@@ -22,7 +22,7 @@ from torchshrink.quantize import (
 )
 from torchshrink.quantize.product import _means, kmeans_subspaces, subvectors
 from torchshrink.train import TrainConfig, fit
-from torchshrink.transforms import find, original
+from torchshrink.core.transform import find, original
 
 
 # ----------------------------------------------------------------- reference decoders (numpy)
@@ -85,7 +85,7 @@ def test_pq_pack_decodes_bit_for_bit(shape, d):
 
 def test_pq_uint16_codes_when_more_than_256_codewords():
     w = _weight((300, 4))
-    p = ProductQuantized.from_weight(w, subvector=2, codewords=300, iters=2).pack()
+    p = ProductQuantized.from_weight(w, subvector=2, codewords=300, iters=2).pack(w)
     assert p["codes"].dtype == np.uint16 and p["codebooks"].shape[1] == 300
 
 
@@ -136,7 +136,7 @@ def test_pq_finetuning_keeps_codes_and_trains_codebooks(toy_data):
     codes, books = pq.codes.clone(), pq.codebooks.detach().clone()
     fit(model, toy_data, TrainConfig(epochs=1, batch_size=100, lr=0.05), progress=False)
     assert torch.equal(pq.codes, codes) and not torch.equal(pq.codebooks.detach(), books)
-    p = pq.pack()
+    p = pq.pack(original(model[0]))
     assert decode_pq(p).tobytes() == model[0].weight.detach().numpy().tobytes()
 
 

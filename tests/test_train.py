@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from conftest import make_mlp
 from torchshrink.errors import CheckpointError, TrainingError
 from torchshrink.prune.magnitude import IterativePruning
-from torchshrink.prune.schedule import AGP
-from torchshrink.train import Callback, TrainConfig, evaluate, fit, load_checkpoint, lr_factor
+from torchshrink.prune.agp import AGP
+from torchshrink.train import Callback, TrainConfig, TrainContext, evaluate, fit, load_checkpoint, lr_factor
 
 
 class Killed(Exception):
@@ -54,6 +57,58 @@ def test_kill_and_resume_gives_identical_weights(toy_data, tmp_path):
     for k in ref_sd:
         assert torch.equal(ref_sd[k], sd[k]), k
     assert [h["test_accuracy"] for h in hist] == [h["test_accuracy"] for h in ref_hist]
+
+
+class Tally(Callback):
+    """Callback state that only a correct resume restores: steps seen, sum of epoch losses."""
+
+    def __init__(self) -> None:
+        self.steps, self.loss_sum = 0, 0.0
+
+    def on_step_end(self, ctx: TrainContext) -> None:
+        self.steps += 1
+
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        self.loss_sum += ctx.logs["train_loss"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "loss_sum": self.loss_sum}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.loss_sum = state["steps"], state["loss_sum"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality of nested checkpoint contents (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_resumed_checkpoint_equals_uninterrupted_one(toy_data: TensorDataset, tmp_path: Path) -> None:
+    """Model, optimizer, schedule, callback state, RNG and history all match bit for bit."""
+    def run(path: Path, kill: int, resume: bool = False) -> tuple[Tally, list[dict[str, float]]]:
+        tally = Tally()
+        hist = fit(make_mlp(dropout=0.3), toy_data, CFG, test_data=toy_data, seed=7, progress=False,
+                   callbacks=[*_callbacks(), tally, KillAt(kill)], checkpoint=path, resume=resume)
+        return tally, [{k: v for k, v in h.items() if k != "seconds"} for h in hist]
+
+    ref_tally, ref_hist = run(tmp_path / "ref.pt", -1)
+    with pytest.raises(Killed):  # mid-epoch 4
+        run(tmp_path / "run.pt", 52)
+    tally, hist = run(tmp_path / "run.pt", -1, resume=True)
+    assert ref_tally.steps == 75 and (tally.steps, tally.loss_sum) == (ref_tally.steps, ref_tally.loss_sum)
+    assert hist == ref_hist
+    ref, got = load_checkpoint(tmp_path / "ref.pt"), load_checkpoint(tmp_path / "run.pt")
+    for state in (ref, got):
+        state["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in state["history"]]
+    for key in ref:
+        assert _same(ref[key], got[key]), key
+    assert list(ref) == list(got)
 
 
 def test_resume_of_a_finished_run_returns_at_once(toy_data, tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import struct
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -13,10 +11,11 @@ from torch import nn
 
 import torchshrink as ts
 from torchshrink.errors import TskFormatError
-from torchshrink.format import inspect_rows, load, read_tsk, save, unpack
+from torchshrink.format import inspect_rows, load, read_tsk, save
+from torchshrink.forms import unpack
 from torchshrink.format.container import read_container, write_container
 from torchshrink.measure import state_dict_bytes
-from torchshrink.transforms import WeightTransform, attach, effective_state_dict
+from torchshrink.core.transform import WeightTransform, attach, effective_state_dict
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -321,17 +320,23 @@ def test_missing_keys_in_the_given_model(tmp_path) -> None:
         load(tmp_path / "u.tsk", model=nn.Linear(64, 10))
 
 
-def test_surgery_plan_is_replayed_or_refused(tmp_path, monkeypatch, pruned_lenet) -> None:
-    pruned_lenet.surgery = [{"op": "svd", "layer": "fc1", "rank": 8}]
-    save(pruned_lenet, tmp_path / "s.tsk")
-    assert read_tsk(tmp_path / "s.tsk").surgery == pruned_lenet.surgery
-    seen = []
-    monkeypatch.setitem(sys.modules, "torchshrink.factorize.svd",
-                        types.SimpleNamespace(apply_surgery=lambda m, plan: seen.append(plan)))
-    loaded = load(tmp_path / "s.tsk", dense=True)
-    assert seen == [pruned_lenet.surgery] and loaded.surgery == pruned_lenet.surgery
-    monkeypatch.setitem(sys.modules, "torchshrink.factorize.svd", types.SimpleNamespace())
-    with pytest.raises(TskFormatError, match="unsupported surgery op"):
+def test_surgery_plan_is_stored_and_a_bad_one_in_a_file_is_refused(tmp_path, pruned_lenet) -> None:
+    model = ts.factorize.low_rank(pruned_lenet, {"fc1": 8})
+    save(model, tmp_path / "s.tsk")
+    assert read_tsk(tmp_path / "s.tsk").surgery == [{"op": "low_rank", "layer": "fc1", "rank": 8}]
+    resign(tmp_path / "s.tsk", lambda doc, blobs: doc["architecture"].update(surgery=[{"op": "svd", "layer": "fc1"}]))
+    with pytest.raises(TskFormatError, match="bad architecture metadata: surgery step 0 has the unknown op 'svd'"):
+        load(tmp_path / "s.tsk")
+
+
+def test_surgery_plan_shapes_are_checked_before_building(tmp_path, pruned_lenet) -> None:
+    save(ts.factorize.low_rank(pruned_lenet, {"fc1": 8}), tmp_path / "s.tsk")
+
+    def edit(doc, blobs):
+        doc["architecture"]["zoo_spec"]["kwargs"]["hidden"] = [1 << 14, 1 << 14]  # ~1 GB if built for real
+
+    resign(tmp_path / "s.tsk", edit)
+    with pytest.raises(TskFormatError, match="Shape mismatch"):
         load(tmp_path / "s.tsk")
 
 
@@ -444,9 +449,9 @@ def test_unknown_codec(lenet_file) -> None:
         read_tsk(lenet_file)
 
 
-def test_unknown_layout(lenet_file) -> None:
+def test_unknown_form(lenet_file) -> None:
     resign(lenet_file, lambda doc, blobs: record(doc, "fc1.weight").update(form="tt"))
-    with pytest.raises(TskFormatError, match="unknown layout"):
+    with pytest.raises(TskFormatError, match="unknown form 'tt'"):
         read_tsk(lenet_file)
 
 

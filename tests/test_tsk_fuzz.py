@@ -15,7 +15,7 @@ from torch import nn
 
 from torchshrink.errors import TskFormatError
 from torchshrink.format import read_tsk, save
-from torchshrink.transforms import WeightTransform, attach, effective_state_dict
+from torchshrink.core.transform import WeightTransform, attach, effective_state_dict
 
 
 class _Shared(WeightTransform):

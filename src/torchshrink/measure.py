@@ -1,7 +1,7 @@
 """Measuring a model honestly: parameters, nonzeros, MACs, bytes, latency, accuracy.
 
 Every figure is taken from the *effective* model, the one training, evaluation and export
-see: a pruned layer's ``weight`` is the masked weight (see :mod:`torchshrink.transforms`).
+see: a pruned layer's ``weight`` is the masked weight (see :mod:`torchshrink.core.transform`).
 
 MACs (multiply-accumulates) are counted per sample, as in Han et al. 2015 ("Learning both
 Weights and Connections", Table 1) and Li et al. 2017 (FLOPs, Table 2): a weight is used
@@ -25,11 +25,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .errors import DataError, ModelError
-from .selection import unwrap, weight_layers
-from .transforms import effective_state_dict
+from .errors import ModelError
+from .core.select import tensor_key, unwrap, weight_layers
+from .core.transform import effective_state_dict
 
 _KINDS: tuple[tuple[type[nn.Module], str], ...] = (
     (nn.Linear, "linear"),
@@ -57,6 +56,7 @@ class LayerStats:
     macs_dense: int
     macs_effective: int
     fp32_bytes: int
+    weight_key: str = "weight"
     bits_per_weight: float = 32.0
 
     def to_dict(self) -> dict:
@@ -97,6 +97,7 @@ def layer_stats(model: nn.Module, input_shape: Sequence[int]) -> list[LayerStats
                 macs_dense=weight.numel() * pos,
                 macs_effective=w_nz * pos,
                 fp32_bytes=4 * params,
+                weight_key=tensor_key(name, "weight"),
             )
         )
     return out
@@ -221,34 +222,6 @@ def latency_table(
     }
 
 
-def accuracy(
-    model: nn.Module, dataset_or_loader: Dataset | DataLoader, batch_size: int = 512
-) -> float:
-    """Top-1 accuracy in [0, 1] of ``argmax(model(x), dim=1)`` against integer labels.
-
-    Accepts a ``TensorDataset`` ``(x, y)`` (sliced directly, in order), any map-style
-    dataset of ``(x, y)`` pairs, or a ``DataLoader`` yielding ``(x, y)`` batches. Runs in
-    eval mode (restored afterwards) under ``torch.no_grad()``.
-    """
-    _check_model(model)
-    _check_int("batch_size", batch_size, 1)
-    device, _ = _device_dtype(model)
-    correct = total = 0
-    with _eval_mode(model), torch.no_grad():
-        for x, y in _batches(dataset_or_loader, batch_size):
-            out = _forward(model, x.to(device), tuple(x.shape[1:]))
-            if out.dim() != 2 or out.shape[0] != y.shape[0]:
-                raise ModelError(
-                    f"accuracy needs model outputs of shape (batch, classes); got {tuple(out.shape)} "
-                    f"for a batch of {y.shape[0]} samples"
-                )
-            correct += int((out.argmax(dim=1).cpu() == y.reshape(-1).cpu()).sum())
-            total += y.shape[0]
-    if total == 0:
-        raise DataError("accuracy was given an empty data set; pass one with at least one sample")
-    return correct / total
-
-
 # --- helpers -------------------------------------------------------------------------
 
 
@@ -299,8 +272,7 @@ def _forward(model: nn.Module, x: torch.Tensor, shape: tuple[int, ...]) -> torch
 def _weight_and_bias(
     sd: dict[str, torch.Tensor], name: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    prefix = f"{name}." if name else ""
-    return sd[prefix + "weight"], sd.get(prefix + "bias")
+    return sd[tensor_key(name, "weight")], sd.get(tensor_key(name, "bias"))
 
 
 def _kind(layer: nn.Module) -> str:
@@ -315,27 +287,6 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
         if t.is_floating_point():
             return t.device, t.dtype
     return torch.device("cpu"), torch.float32
-
-
-def _batches(data: Dataset | DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(data, TensorDataset):
-        if len(data.tensors) < 2:
-            raise DataError("accuracy needs a TensorDataset of (inputs, labels); got a single tensor")
-        x, y = data.tensors[0], data.tensors[1]
-        for i in range(0, len(x), batch_size):
-            yield x[i : i + batch_size], y[i : i + batch_size]
-        return
-    if isinstance(data, Dataset):
-        data = DataLoader(data, batch_size=batch_size, shuffle=False)
-    elif not isinstance(data, DataLoader):
-        raise DataError(
-            f"accuracy needs a TensorDataset, a Dataset or a DataLoader of (inputs, labels). "
-            f"Got {type(data).__name__}."
-        )
-    for batch in data:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise DataError("accuracy needs batches of (inputs, labels); the loader yields something else")
-        yield batch[0], batch[1]
 
 
 def _check_model(model: object) -> None:

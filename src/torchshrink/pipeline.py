@@ -24,12 +24,14 @@ from torch import nn
 from . import __version__
 from .data import DataBundle, load_data
 from .errors import RecipeError, TorchshrinkError
+from .core.transform import bake
 from .measure import latency_table, layer_stats, model_summary, state_dict_bytes
 from .models import build_model
 from .recipe import Recipe
-from .stages import RUNNERS, RunState, weight_sparsity
+from .runtime.modules import runtime_layers
+from .stages import RunState, run_stage, weight_sparsity
+from .techniques import TECHNIQUES
 from .train import TrainConfig, evaluate
-from .transforms import bake
 from .weights import load_into
 
 
@@ -71,6 +73,9 @@ def train_baseline(st: RunState) -> None:
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: int | None = None,
                progress: bool = True, console: Console | None = None) -> RunResult:
     """Run ``recipe``, writing checkpoints, ``report.json``, plots and ``model.tsk`` to ``out``."""
+    from .format import load, read_tsk, runtime_model, save
+    from .report import print_report, write_json, write_plots
+
     t0 = time.perf_counter()
     console = console or Console()
     out = Path(out)
@@ -82,40 +87,27 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
     console.print(f"[bold]{recipe.name}[/bold]: {recipe.model.name} on {data.name} "
                   f"({len(data.train)} train / {len(data.test)} test), seed {seed}")
     train_baseline(st)
-    baseline = copy.deepcopy(model)
+    baseline = copy.deepcopy(st.model)
     base_acc = evaluate(baseline, data.test)["accuracy"]
     console.print(f"baseline accuracy {base_acc:.4f}")
     for i, stage in enumerate(recipe.stages):
         tag = f"stage{i + 1}-{stage.name or stage.technique}"
-        RUNNERS[stage.technique](st, stage, tag)
-        if stage.technique in ("small_dense", "compare"):  # leave the model as it was
+        run_stage(st, stage, tag)
+        if not TECHNIQUES[stage.technique].changes_model:  # comparisons leave the model as it was
             continue
-        acc, sparsity = evaluate(model, data.test)["accuracy"], weight_sparsity(model)
+        acc, sparsity = evaluate(st.model, data.test)["accuracy"], weight_sparsity(st.model)
         st.history.append({"stage": tag, "technique": stage.technique, "accuracy": acc, "weight_sparsity": sparsity})
         console.print(f"{tag}: accuracy {acc:.4f}, weight sparsity {sparsity:.4f}")
-    from .format import load as load_tsk
-    from .format import save as save_tsk
 
-    info = save_tsk(model, out / "model.tsk", codecs=recipe.save.codecs or None, huffman=recipe.save.huffman)
-    result = bake(model)
-    loaded = load_tsk(out / "model.tsk", dense=True)
-    report = build_report(st, baseline, result, base_acc)
-    report["size"].update(storage_report(info, out / "model.tsk", report["size"]["dense_bytes"]))
-    report["size"]["roundtrip_exact"] = outputs_equal(result, loaded, data.test)
-    if not report["size"]["roundtrip_exact"]:
+    info = save(st.model, out / "model.tsk", codecs=recipe.save.codecs or None, huffman=recipe.save.huffman)
+    result = bake(st.model)
+    stored = read_tsk(out / "model.tsk")  # opened once: the decoded and the runtime model come from it
+    loaded = load(stored, dense=True)
+    if not outputs_equal(result, loaded, data.test):
         raise TorchshrinkError(f"{out / 'model.tsk'} does not reproduce the model's outputs; please report this bug")
-    report["energy"] = energy_report(report)
-    report["runtime"] = runtime_report(out / "model.tsk", loaded, data, recipe)
-    bits = {row["name"]: row for row in report["size"]["tensors"]}
-    for layer in report["layers"]:
-        row = bits.get(f"{layer['name']}.weight")
-        if row is not None:
-            layer["bits_per_weight"] = row["bits_per_weight"]
-            layer["codec"] = row["codec"]
+    report = build_report(st, baseline, result, base_acc, storage_report(info, stored.file_bytes))
+    report["runtime"] = runtime_report(runtime_model(stored, loaded), loaded, data, recipe)
     report["timing"] = {"seconds": time.perf_counter() - t0}
-    from .report import print_report, write_json, write_plots
-
-    write_json(report, out / "report.json")
     report["plots"] = [str(p) for p in write_plots(report, out)]
     write_json(report, out / "report.json")
     print_report(report, console)
@@ -139,85 +131,85 @@ def outputs_equal(a: nn.Module, b: nn.Module, dataset: Any, batch: int = 512) ->
     return True
 
 
-def energy_report(report: dict[str, Any]) -> dict[str, Any]:
-    """Dense baseline vs compressed model: energy per inference (see measure.energy_estimate)."""
+def energy_report(baseline: dict[str, Any], result: dict[str, Any], stored_bytes: int) -> dict[str, Any]:
+    """Dense baseline vs compressed model: energy per inference (see measure.energy_estimate).
+
+    ``baseline`` / ``result`` are model summaries (MACs, parameters); the compressed
+    weights are counted at their stored size, the operations at the nonzero weights.
+    """
     from .measure import energy_assumptions, energy_estimate
 
-    dense = energy_estimate(report["baseline"]["macs_dense"], 4 * report["baseline"]["params"])
-    stored = sum(t["bytes"] for t in report["size"]["tensors"])
-    comp = energy_estimate(report["result"]["macs_effective"], stored)
+    dense = energy_estimate(baseline["macs_dense"], 4 * baseline["params"])
+    comp = energy_estimate(result["macs_effective"], stored_bytes)
     return {"dense": dense, "compressed": comp, "ratio": dense["total_uj"] / max(comp["total_uj"], 1e-12),
             "assumptions": energy_assumptions() + "; compressed weights counted at their model.tsk size, "
                            "operations at the nonzero weights"}
 
 
-def runtime_report(path: Path, plain: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
-    """The runtime model (load(dense=False)) vs ``plain``, the decoded dense one: agreement and latency."""
-    from .format import load as load_tsk
-    from .runtime.fused import FusedSparseMLP
-    from .runtime.modules import CompressedConv2d, CompressedLinear
-
-    fast = load_tsk(path)
+def runtime_report(fast: nn.Module, plain: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
+    """The runtime model (``fast``) vs ``plain``, the decoded dense one: agreement and latency."""
     plain = plain.cpu().eval()
-    n_fast = sum(isinstance(m, (CompressedLinear, CompressedConv2d, FusedSparseMLP)) for m in fast.modules())
+    n_fast = runtime_layers(fast)
     with torch.no_grad():
         x = data.test.tensors[0]
         agree = float((fast(x).argmax(1) == plain(x).argmax(1)).float().mean())
     out: dict[str, Any] = {"compressed_layers": n_fast, "prediction_agreement": agree}
     if recipe.measure.latency and n_fast:
-        shape = data.input_shape
-        out["latency"] = {"dense": latency_table(plain, shape, recipe.measure.batches, repeats=recipe.measure.repeats),
-                          "compressed": latency_table(fast, shape, recipe.measure.batches,
-                                                      repeats=recipe.measure.repeats)}
+        shape, m = data.input_shape, recipe.measure
+        out["latency"] = {"dense": latency_table(plain, shape, m.batches, repeats=m.repeats),
+                          "compressed": latency_table(fast, shape, m.batches, repeats=m.repeats)}
     return out
 
 
-def storage_report(info: Any, path: Path, dense_bytes: int) -> dict[str, Any]:
-    """File size, ratio and, per tensor, codec and bits (Deep Compression Tables 2-3 style).
+def storage_report(info: Any, file_bytes: int) -> dict[str, Any]:
+    """File size and, per tensor, form, codec and bits (Deep Compression Tables 2-3 style).
 
-    For sparse and shared layouts the index (gap) bits and the weight (value/code) bits
-    per stored entry are given as stored; ``fixed`` is the width before Huffman coding.
+    Per stream: bytes, entries, whether Huffman coded, the bits per entry as stored and
+    ``fixed_bits``, the entry width before Huffman coding. ``file_bytes`` is measured.
     """
-    from .format import read_tsk
-
-    f = read_tsk(path)
     rows = []
-    for name in f.names:
-        rec = f.record(name)
-        numel = max(1, info.numel[name])
-        row: dict[str, Any] = {"name": name, "codec": rec["codec"], "bytes": info.tensor_bytes[name],
-                               "bits_per_weight": 8 * info.tensor_bytes[name] / numel}
-        fixed = {"gaps": rec["params"].get("index_bits"), "codes": rec["params"].get("bits"),
-                 "indices": rec["params"].get("bits")}
+    for rec in info.records:
+        name = rec["name"]
+        numel = max(1, int(np.prod(rec["shape"])))
+        nbytes = sum(s["nbytes"] for s in rec["streams"].values())
+        row: dict[str, Any] = {"name": name, "form": rec["form"], "codec": rec["codec"], "bytes": nbytes,
+                               "bits_per_weight": 8 * nbytes / numel}
         for role, stream in rec["streams"].items():
             meta = stream["meta"]
             count = int(np.prod(meta.get("shape", [0]))) if meta.get("shape") else 0
             entry: dict[str, Any] = {"bytes": stream["nbytes"], "huffman": meta.get("codec") == "huffman",
                                      "entries": count}
-            width = fixed.get(role) or meta.get("bits")
-            if width is None and meta.get("dtype") in ("float32", "float16"):
-                width = 32 if meta["dtype"] == "float32" else 16
-            if width is not None:
-                entry["fixed_bits"] = width
+            if info.widths[name].get(role) is not None:
+                entry["fixed_bits"] = info.widths[name][role]
             if count:
                 entry["bits_per_entry"] = (meta["stream_bits"] if "stream_bits" in meta else 8 * stream["nbytes"]) / count
             row[role] = entry
         rows.append(row)
-    file_bytes = path.stat().st_size
-    return {"file_bytes": file_bytes, "ratio": dense_bytes / file_bytes, "header_bytes": info.header_bytes,
-            "tensors": rows}
+    return {"file_bytes": file_bytes, "header_bytes": info.header_bytes, "tensors": rows}
 
 
-def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc: float) -> dict[str, Any]:
-    """The report dict (the contract of ``report.json``)."""
+def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc: float,
+                 storage: dict[str, Any]) -> dict[str, Any]:
+    """The report dict (the contract of ``report.json``), built in one pass."""
     shape = st.data.input_shape
     base_sum, res_sum = model_summary(baseline, shape), model_summary(result, shape)
     res_acc = evaluate(result, st.data.test)["accuracy"]
+    if not all(math.isfinite(x) for x in (base_acc, res_acc)):
+        raise RecipeError("accuracy is not finite; the model produced NaN outputs")
     m = st.recipe.measure
     latency = None
     if m.latency:
         latency = {"baseline": latency_table(baseline, shape, m.batches, repeats=m.repeats),
                    "result": latency_table(result, shape, m.batches, repeats=m.repeats)}
+    dense_bytes = state_dict_bytes(baseline)
+    stored = {row["name"]: row for row in storage["tensors"]}
+    layers = []
+    for s in layer_stats(result, shape):
+        layer = s.to_dict()
+        row = stored.get(s.weight_key)
+        if row is not None:
+            layer.update(bits_per_weight=row["bits_per_weight"], codec=row["codec"], form=row["form"])
+        layers.append(layer)
     report: dict[str, Any] = {
         "torchshrink_version": __version__,
         "recipe": st.recipe.model_dump(mode="json"),
@@ -229,8 +221,10 @@ def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc:
         "result": {"accuracy": res_acc, **res_sum,
                    "weight_compression": base_sum["weight_params"] / max(res_sum["weight_nonzeros"], 1),
                    "param_compression": base_sum["params"] / max(res_sum["nonzero_params"], 1)},
-        "size": {"dense_bytes": state_dict_bytes(baseline), "file_bytes": None, "ratio": None},
-        "layers": [s.to_dict() for s in layer_stats(result, shape)],
+        "size": {"dense_bytes": dense_bytes, **storage, "ratio": dense_bytes / storage["file_bytes"],
+                 "roundtrip_exact": True},
+        "energy": energy_report(base_sum, res_sum, sum(t["bytes"] for t in storage["tensors"])),
+        "layers": layers,
         "latency": latency,
         "history": st.history,
     }
@@ -239,6 +233,4 @@ def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc:
     if st.curve:
         report["pruning_curve"] = st.curve
     report.update(st.extra)
-    if not all(math.isfinite(x) for x in (base_acc, res_acc)):
-        raise RecipeError("accuracy is not finite; the model produced NaN outputs")
     return report

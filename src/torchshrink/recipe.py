@@ -8,14 +8,17 @@ errors that name the key (``stages[0].sparsity``) and the allowed values. Shippe
 
 from __future__ import annotations
 
+import copy
 import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from .core.params import FRACTION
+from .core.technique import StageSpec
 from .errors import RecipeError
 from .train import TrainConfig
 
@@ -47,112 +50,6 @@ class BaselineSpec(_Strict):
         return self
 
 
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-PerLayer = Union[Fraction, dict[str, Fraction]]
-
-
-class _StageBase(_Strict):
-    name: str | None = Field(None, description="label shown in the report")
-    layers: list[str] = Field(default_factory=lambda: ["*"], description="layer name patterns")
-    exclude: list[str] = Field(default_factory=list)
-    finetune: TrainConfig | None = Field(None, description="retraining; default: baseline config at lr/10")
-
-
-class MagnitudeStage(_StageBase):
-    """Han et al. 2015: magnitude threshold, iterative prune → retrain."""
-
-    technique: Literal["magnitude"]
-    sparsity: PerLayer | None = None
-    quality: float | dict[str, float] | None = None
-    scope: Literal["layer", "global"] = "layer"
-    iterations: int = Field(3, ge=1)
-    scale_dropout: bool = True
-
-    @model_validator(mode="after")
-    def _one_target(self) -> MagnitudeStage:
-        if (self.sparsity is None) == (self.quality is None):
-            raise ValueError("give exactly one of 'sparsity' or 'quality'")
-        return self
-
-
-class AGPStage(_StageBase):
-    """Zhu & Gupta 2017: gradual pruning with the cubic schedule."""
-
-    technique: Literal["agp"]
-    sparsity: PerLayer
-    initial_sparsity: Fraction = 0.0
-    start_epoch: float = Field(0.0, ge=0)
-    end_epoch: float = Field(..., gt=0)
-    frequency: int = Field(10, ge=1, description="steps between mask updates (Δt)")
-
-
-class SmallDenseStage(_Strict):
-    """Zhu & Gupta 2017 §5: train a small dense model with the nonzeros of the current one."""
-
-    technique: Literal["small_dense"]
-    name: str | None = None
-    train: TrainConfig | None = Field(None, description="default: the baseline's training config")
-
-
-Bits = Annotated[int, Field(ge=1, le=16)]
-
-
-class KMeansStage(_StageBase):
-    """Deep Compression §3 / Gong et al. 2014: per-layer scalar k-means weight sharing."""
-
-    technique: Literal["kmeans"]
-    bits: Bits | dict[str, Bits] | None = Field(None, description="bits per layer; default by type")
-    fc_bits: Bits = 5
-    conv_bits: Bits = 8
-    init: Literal["linear", "density", "random"] = "linear"
-    include_bias: bool = Field(False, description="also share biases (own codebook per layer)")
-
-
-class PQStage(_StageBase):
-    """Gong et al. 2014 §3.2: product quantization along the input dimension."""
-
-    technique: Literal["pq"]
-    subvector: int = Field(4, ge=1)
-    codewords: int = Field(256, ge=2, le=65536)
-
-
-class RQStage(_StageBase):
-    """Gong et al. 2014 §3.3: residual quantization, stage by stage."""
-
-    technique: Literal["rq"]
-    stages: int = Field(2, ge=1, le=8)
-    subvector: int = Field(4, ge=1)
-    codewords: int = Field(256, ge=2, le=65536)
-
-
-class SVDStage(_StageBase):
-    """Low-rank factorization of linear layers by truncated SVD (the baseline of Gong et al.)."""
-
-    technique: Literal["svd"]
-    rank: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)] | dict[str, int | float]
-
-
-Method = Annotated[Union[MagnitudeStage, KMeansStage, PQStage, RQStage, SVDStage], Field(discriminator="technique")]
-
-
-class CompareStage(_Strict):
-    """Gong et al. 2014 Table 1 style: several methods, each on a copy of the current model.
-
-    Each method runs (with its own optional fine-tuning) on a copy, is saved to
-    ``compare/<label>.tsk`` and evaluated; the main model is left as it was.
-    """
-
-    technique: Literal["compare"]
-    name: str | None = None
-    methods: list[Method] = Field(..., min_length=1)
-
-
-Stage = Annotated[
-    Union[MagnitudeStage, AGPStage, SmallDenseStage, KMeansStage, PQStage, RQStage, SVDStage, CompareStage],
-    Field(discriminator="technique"),
-]
-
-
 class SaveSpec(_Strict):
     """How the final model is stored (``model.tsk``)."""
 
@@ -161,7 +58,7 @@ class SaveSpec(_Strict):
 
 
 class SensitivitySpec(_Strict):
-    sparsities: list[Fraction] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
+    sparsities: list[FRACTION.type] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
     layers: list[str] = Field(default_factory=lambda: ["*"])
 
 
@@ -179,10 +76,44 @@ class Recipe(_Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     baseline: BaselineSpec
-    stages: list[Stage] = Field(default_factory=list)
+    stages: list[StageSpec] = Field(default_factory=list, description="one entry per technique stage")
     sensitivity: SensitivitySpec = Field(default_factory=SensitivitySpec)
     save: SaveSpec = Field(default_factory=SaveSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+
+
+_MODELS: dict[tuple, type[Recipe]] = {}
+
+
+def recipe_model() -> type[Recipe]:
+    """The :class:`Recipe` subclass whose ``stages`` are the union of every registered technique's Spec.
+
+    Built from :data:`torchshrink.techniques.TECHNIQUES` (and rebuilt when it changes). A
+    technique with a ``stage_list`` field (comparisons) gets that field typed as a list of
+    every other technique's Spec.
+    """
+    from .techniques import TECHNIQUES
+
+    key = tuple((t.name, t.spec, t.stage_list) for t in TECHNIQUES.values())
+    if key not in _MODELS:
+        leaves = [t.spec for t in TECHNIQUES.values() if t.stage_list is None]
+        specs = []
+        for t in TECHNIQUES.values():
+            if t.stage_list is None:
+                specs.append(t.spec)
+                continue
+            field = copy.copy(t.spec.model_fields[t.stage_list])
+            specs.append(create_model(t.spec.__name__, __base__=t.spec, __doc__=t.spec.__doc__,
+                                      **{t.stage_list: (list[_union(leaves)], field)}))
+        _MODELS[key] = create_model("Recipe", __base__=Recipe, __doc__=Recipe.__doc__,
+                                    stages=(list[_union(specs)], Field(default_factory=list)))
+    return _MODELS[key]
+
+
+def _union(specs: list[type[StageSpec]]) -> Any:
+    if len(specs) == 1:
+        return specs[0]
+    return Annotated[Union[tuple(specs)], Field(discriminator="technique")]
 
 
 # ---------------------------------------------------------------- loading
@@ -263,19 +194,21 @@ def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:
     """Validate a recipe given as plain data (a dict)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    model = recipe_model()
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(f"{origin}: {describe_validation_error(e)}") from None
+        raise RecipeError(f"{origin}: {describe_validation_error(e, model)}") from None
 
 
-def describe_validation_error(e: ValidationError) -> str:
+def describe_validation_error(e: ValidationError, model: type[BaseModel] | None = None) -> str:
     """One line per problem: the dotted key, what is wrong, and the allowed values."""
+    model = model or recipe_model()
     lines = []
     for err in e.errors():
         loc = list(err["loc"])
         if err["type"] == "extra_forbidden":
-            parent_cls = _model_at(Recipe, loc[:-1])
+            parent_cls = _model_at(model, loc[:-1])
             allowed = sorted(parent_cls.model_fields) if parent_cls is not None else []
             lines.append(f"unknown key {_dotted(loc)!r}; allowed keys here: {', '.join(allowed)}")
         elif err["type"] == "union_tag_invalid":
@@ -286,7 +219,9 @@ def describe_validation_error(e: ValidationError) -> str:
 
 
 def _technique_names() -> set[str]:
-    return {get_args(c.model_fields["technique"].annotation)[0] for c in get_args(get_args(Stage)[0])}
+    from .techniques import TECHNIQUES
+
+    return set(TECHNIQUES)
 
 
 def _dotted(loc: list[Any]) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .prune.magnitude import prune_layer
-from .selection import select_layers
+from .core.select import select_layers
 from .train import evaluate
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,9 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from .errors import CheckpointError, TrainingError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 CHECKPOINT_FORMAT = "torchshrink-checkpoint/1"
 
@@ -74,10 +77,6 @@ class TrainContext:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.epochs
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 class Callback:
@@ -215,6 +214,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the loop
+@dataclass
+class _Run:
+    """The state one :func:`fit` call trains with, built once by :func:`_setup`."""
+
+    model: nn.Module
+    net: nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    cfg: TrainConfig
+    ctx: TrainContext
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: nn.Module
+    callbacks: Sequence[Callback]
+    device: torch.device
+    rank: int
+    world: int
+    seed: int
+    n_train: int
+    fingerprint: str
+    ckpt_path: Path | None
+    start_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -241,122 +263,156 @@ def fit(
         seed: seeds the global RNG (dropout) and each epoch's data order.
     """
     cfg = config or TrainConfig()
+    run = _setup(model, train_data, cfg, callbacks, checkpoint, resume, seed, device)
+    say = log if log is not None else (lambda s: None)
+    bar = _progress(progress and run.rank == 0)
+    with bar:
+        task = bar.add_task(description, total=run.ctx.steps_per_epoch * (cfg.epochs - run.start_epoch),
+                            loss=float("nan"))
+        for epoch in range(run.start_epoch, cfg.epochs):
+            row = _train_epoch(run, epoch, train_data, test_data, bar, task)
+            run.history.append(row)
+            say(_format_row(description, row, cfg.epochs))
+            if run.ckpt_path is not None and run.rank == 0:
+                save_checkpoint(run.ckpt_path, _checkpoint_state(run, epoch + 1))
+            if run.world > 1:
+                dist.barrier()
+    for cb in callbacks:
+        cb.on_train_end(run.ctx)
+    return run.history
+
+
+def _setup(model: nn.Module, train_data: Dataset, cfg: TrainConfig, callbacks: Sequence[Callback],
+           checkpoint: str | Path | None, resume: bool, seed: int, device: str | torch.device | None) -> _Run:
+    """Device, process group, seeding, ``on_train_begin``, optimizer, resume, DDP wrap (in that order)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = init_distributed(device)
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
     n_train = len(train_data)
     per_rank = math.ceil(n_train / world)
     ctx = TrainContext(model=model, config=cfg, steps_per_epoch=max(1, math.ceil(per_rank / cfg.batch_size)),
                        rank=rank, world_size=world)
     torch.manual_seed(seed)
     model.to(device)
-    for cb in callbacks:
+    for cb in callbacks:  # before the optimizer: callbacks may add parameters (masks)
         cb.on_train_begin(ctx)
     optimizer = make_optimizer(model, cfg)
     ctx.optimizer = optimizer
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg, ctx.steps_per_epoch))
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    fp = _fingerprint(cfg, seed, n_train)
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state["fingerprint"] != fp:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} was written by a run with other settings (seed, data or config); "
-                "start without --resume or use another output directory")
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {ckpt_path} does not fit the model: {str(e).splitlines()[0]}") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if len(state["callbacks"]) != len(callbacks):
-            raise CheckpointError(f"checkpoint {ckpt_path} was written with {len(state['callbacks'])} callbacks, "
-                                  f"this run has {len(callbacks)}")
-        for cb, cb_state in zip(callbacks, state["callbacks"]):
-            cb.load_state_dict(cb_state)
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start_epoch, ctx.step, history = state["epoch"], state["step"], list(state["history"])
-    net: nn.Module = model
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, ctx.steps_per_epoch))
+    run = _Run(model=model, net=model, cfg=cfg, ctx=ctx, optimizer=optimizer, scheduler=scheduler,
+               loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), callbacks=callbacks,
+               device=device, rank=rank, world=world, seed=seed, n_train=n_train,
+               fingerprint=_fingerprint(cfg, seed, n_train),
+               ckpt_path=Path(checkpoint) if checkpoint is not None else None)
+    if resume and run.ckpt_path is not None and run.ckpt_path.exists():
+        _restore_checkpoint(run, run.ckpt_path)
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    say = log if log is not None else (lambda s: None)
+        run.net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
 
-    bar = _progress(progress and rank == 0)
-    with bar:
-        task = bar.add_task(description, total=ctx.steps_per_epoch * (cfg.epochs - start_epoch), loss=float("nan"))
-        for epoch in range(start_epoch, cfg.epochs):
-            ctx.epoch = epoch
-            for cb in callbacks:
-                cb.on_epoch_begin(ctx)
-            model.train()
-            t0, total_loss, seen, correct = time.perf_counter(), 0.0, 0, 0
-            for x, y in iterate_batches(train_data, _epoch_order(n_train, seed, epoch, rank, world), cfg.batch_size):
-                x, y = x.to(device), y.to(device)
-                for cb in callbacks:
-                    cb.on_step_begin(ctx)
-                out = net(x)
-                loss = loss_fn(out, y)
-                for cb in callbacks:
-                    extra = cb.loss(ctx)
-                    if extra is not None:
-                        loss = loss + extra
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"training diverged at epoch {epoch + 1}, step {ctx.step}: loss is {loss_value}; "
-                        "lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for cb in callbacks:
-                    cb.after_backward(ctx)
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                ctx.step += 1
-                for cb in callbacks:
-                    cb.on_step_end(ctx)
-                total_loss += loss_value * len(y)
-                seen += len(y)
-                correct += int((out.argmax(1) == y).sum())
-                bar.update(task, advance=1, loss=total_loss / seen)
-            row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
-                   "train_accuracy": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - t0}
-            if test_data is not None:
-                row["test_accuracy"] = evaluate(model, test_data, device=device)["accuracy"]
-            ctx.logs = row
-            for cb in callbacks:
-                cb.on_epoch_end(ctx)
-            history.append(row)
-            say(_format_row(description, row, cfg.epochs))
-            if ckpt_path is not None and rank == 0:
-                save_checkpoint(ckpt_path, {
-                    "format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": epoch + 1, "step": ctx.step,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "callbacks": [cb.state_dict() for cb in callbacks],
-                    "rng": torch.get_rng_state(), "history": history,
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                })
-            if world > 1:
-                dist.barrier()
+
+def _train_epoch(run: _Run, epoch: int, train_data: Dataset, test_data: Dataset | None,
+                 bar: Progress, task: TaskID) -> dict[str, float]:
+    """One epoch over this rank's shard, with its callbacks; returns the history row."""
+    ctx = run.ctx
+    ctx.epoch = epoch
+    for cb in run.callbacks:
+        cb.on_epoch_begin(ctx)
+    run.model.train()
+    t0, total_loss, seen, correct = time.perf_counter(), 0.0, 0, 0
+    order = _epoch_order(run.n_train, run.seed, epoch, run.rank, run.world)
+    for x, y in iterate_batches(train_data, order, run.cfg.batch_size):
+        loss_value, n, n_correct = _train_step(run, epoch, x, y)
+        total_loss += loss_value * n
+        seen += n
+        correct += n_correct
+        bar.update(task, advance=1, loss=total_loss / seen)
+    row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+           "train_accuracy": correct / max(seen, 1), "lr": run.optimizer.param_groups[0]["lr"],
+           "seconds": time.perf_counter() - t0}
+    if test_data is not None:
+        row["test_accuracy"] = evaluate(run.model, test_data, device=run.device)["accuracy"]
+    ctx.logs = row
+    for cb in run.callbacks:
+        cb.on_epoch_end(ctx)
+    return row
+
+
+def _train_step(run: _Run, epoch: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, int]:
+    """One optimizer step on a batch; returns (loss, batch size, correct predictions)."""
+    ctx, callbacks = run.ctx, run.callbacks
+    x, y = x.to(run.device), y.to(run.device)
     for cb in callbacks:
-        cb.on_train_end(ctx)
-    return history
+        cb.on_step_begin(ctx)
+    out = run.net(x)
+    loss = run.loss_fn(out, y)
+    for cb in callbacks:
+        extra = cb.loss(ctx)
+        if extra is not None:
+            loss = loss + extra
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise TrainingError(
+            f"training diverged at epoch {epoch + 1}, step {ctx.step}: loss is {loss_value}; "
+            "lower the learning rate")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for cb in callbacks:
+        cb.after_backward(ctx)
+    if run.cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    ctx.step += 1
+    for cb in callbacks:
+        cb.on_step_end(ctx)
+    return loss_value, len(y), int((out.argmax(1) == y).sum())
+
+
+def _checkpoint_state(run: _Run, epoch: int) -> dict[str, Any]:
+    """What a checkpoint holds after ``epoch`` epochs (format ``CHECKPOINT_FORMAT``)."""
+    return {
+        "format": CHECKPOINT_FORMAT, "fingerprint": run.fingerprint, "epoch": epoch, "step": run.ctx.step,
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "callbacks": [cb.state_dict() for cb in run.callbacks],
+        "rng": torch.get_rng_state(), "history": run.history,
+        "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+    }
+
+
+def _restore_checkpoint(run: _Run, path: Path) -> None:
+    """Load the checkpoint at ``path`` into ``run`` after checking that it belongs to this run."""
+    state = load_checkpoint(path)
+    if state["fingerprint"] != run.fingerprint:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run with other settings (seed, data or config); "
+            "start without --resume or use another output directory")
+    try:
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[0]}") from None
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if len(state["callbacks"]) != len(run.callbacks):
+        raise CheckpointError(f"checkpoint {path} was written with {len(state['callbacks'])} callbacks, "
+                              f"this run has {len(run.callbacks)}")
+    for cb, cb_state in zip(run.callbacks, state["callbacks"]):
+        cb.load_state_dict(cb_state)
+    torch.set_rng_state(state["rng"])
+    if run.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    run.start_epoch, run.ctx.step, run.history = state["epoch"], state["step"], list(state["history"])
 
 
 def _format_row(desc: str, row: dict[str, float], epochs: int) -> str:
+    """The log line of one epoch's history row."""
     test = f"  test acc {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
     return (f"{desc} epoch {int(row['epoch'])}/{epochs}  loss {row['train_loss']:.4f}  "
             f"train acc {row['train_accuracy']:.4f}{test}  lr {row['lr']:.3g}  {row['seconds']:.1f}s")
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool) -> Progress:
+    """A rich progress bar (transient; a no-op unless ``enabled``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import ModelError, TorchshrinkError
 from .models import build_from_spec
-from .transforms import effective_state_dict
+from .core.transform import effective_state_dict
 
 
 class WeightsFileError(TorchshrinkError, ValueError):

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .svd import LowRankLinear, apply_surgery, compression_rate_svd, low_rank, low_rank_params
+from .svd import LowRank, LowRankLinear, compression_rate_svd, low_rank, low_rank_params
 
-__all__ = ["LowRankLinear", "apply_surgery", "compression_rate_svd", "low_rank", "low_rank_params"]
+__all__ = ["LowRank", "LowRankLinear", "compression_rate_svd", "low_rank", "low_rank_params"]

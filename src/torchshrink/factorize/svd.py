@@ -8,22 +8,26 @@ becomes two: ``first = V_rᵀ`` scaled (``in -> r``, no bias) then ``second = U_
 they have comparable magnitudes for fine-tuning. Parameters fall from ``m n`` to
 ``r (m + n)``: compression rate ``m n / (r (m + n))``.
 
-This is surgery (it changes the architecture), so :func:`low_rank` records a JSON-able
-plan on the model (``model.surgery``, a list of ``{"op": "low_rank", "layer", "rank"}``);
-:func:`apply_surgery` replays it on a fresh model so that saved weights can be loaded.
+This is surgery (it changes the architecture): :func:`low_rank` builds a plan of
+:class:`LowRank` ops and applies it to a copy of the model, which records the plan
+(``model.surgery``, JSON ``{"op": "low_rank", "layer", "rank"}``); loading a ``.tsk`` file
+replays it on a fresh model (:func:`torchshrink.surgery.replay_plan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from fnmatch import fnmatchcase
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from ..core.params import Interval, check
+from ..core.select import per_layer, select_layers, unwrap
+from ..core.technique import LayerStage, Step, Technique
 from ..errors import ModelError
-from ..selection import select_layers, unwrap
+from ..surgery.plan import SurgeryOp, apply_plan
 
 RankSpec = int | float | Mapping[str, int | float]
 
@@ -34,10 +38,7 @@ class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(in_features, out_features):
-            raise ModelError(
-                f"The 'rank' parameter must be an int in [1, {min(in_features, out_features)}]. Got {rank!r} instead."
-            )
+        check(rank, "rank", "LowRankLinear", Interval(int, 1, min(in_features, out_features)))
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
@@ -87,36 +88,17 @@ def resolve_rank(rank: int | float, m: int, n: int, name: str = "rank") -> int:
     """An int rank in ``[1, min(m, n)]``; a float in ``(0, 1]`` is that fraction of ``min(m, n)``
     (rounded, at least 1)."""
     full = min(m, n)
-    if isinstance(rank, bool):
-        pass
-    elif isinstance(rank, int):
-        if 1 <= rank <= full:
-            return rank
-    elif isinstance(rank, float) and 0.0 < rank <= 1.0:
-        return max(1, round(rank * full))
-    raise ModelError(
-        f"The '{name}' parameter must be an int in [1, {full}] or a float in (0, 1]. Got {rank!r} instead."
-    )
+    value = check(rank, name, None, Interval(int, 1, full), RANK_FRACTION)
+    return value if isinstance(rank, int) else max(1, round(value * full))
 
 
-def _rank_for(name: str, rank: RankSpec) -> int | float | None:
-    if isinstance(rank, Mapping):
-        return next((v for p, v in rank.items() if fnmatchcase(name, p)), None)
-    return rank
+RANK_FRACTION = Interval(float, 0.0, 1.0, "right")
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-def _record(model: nn.Module, entries: list[dict[str, Any]]) -> None:
-    plan = getattr(model, "surgery", None)
-    if plan is None:
-        plan = []
-        model.surgery = plan
-    plan.extend(entries)
 
 
 def _linear_at(model: nn.Module, name: str) -> nn.Linear:
@@ -131,26 +113,32 @@ def _linear_at(model: nn.Module, name: str) -> nn.Linear:
     return layer
 
 
-@torch.no_grad()
-def low_rank(
+class LowRank(SurgeryOp):
+    """Surgery op: replace the ``nn.Linear`` at ``layer`` by a rank-``rank`` :class:`LowRankLinear`."""
+
+    op: Literal["low_rank"] = "low_rank"
+    layer: str
+    rank: int = Field(ge=1)
+
+    def apply(self, model: nn.Module, init: bool) -> None:
+        layer = _linear_at(model, self.layer)
+        r = resolve_rank(self.rank, layer.out_features, layer.in_features, f"rank[{self.layer}]")
+        if init:
+            new = LowRankLinear.from_linear(layer, r)
+        else:
+            new = LowRankLinear(layer.in_features, layer.out_features, r, bias=layer.bias is not None,
+                                device=layer.weight.device, dtype=layer.weight.dtype)
+        _replace(model, self.layer, new)
+
+
+def low_rank_plan(
     model: nn.Module,
     rank: RankSpec,
     *,
     layers: Sequence[str] | str | None = None,
     exclude: Sequence[str] | str | None = None,
-) -> nn.Module:
-    """Replace the selected ``nn.Linear`` layers by :class:`LowRankLinear` (in place).
-
-    Args:
-        rank: an int, a float fraction of ``min(out, in)``, or ``{pattern: rank}`` (first
-            match wins; layers no pattern covers are left alone).
-        layers / exclude: layer name patterns; by default every ``nn.Linear``. Convolution
-            layers are not supported yet: naming one is a :class:`ModelError`.
-
-    The effective weight is factorized (a pruning mask on the layer is baked in and
-    dropped). Appends ``{"op": "low_rank", "layer": name, "rank": r}`` per replaced
-    layer to ``model.surgery``.
-    """
+) -> list[LowRank]:
+    """The :class:`LowRank` ops that :func:`low_rank` applies (ranks resolved and checked)."""
     root = unwrap(model)
     if layers is None:  # every nn.Linear except the factors of earlier low-rank layers
         factored = [n for n, m in root.named_modules() if isinstance(m, LowRankLinear)]
@@ -165,41 +153,52 @@ def low_rank(
                 raise ModelError(
                     f"low_rank supports nn.Linear only; {name!r} is {type(layer).__name__}: exclude it from 'layers'"
                 )
+    ranks = per_layer(rank, [n for n, _ in chosen], "rank")
     plan = []
     for name, layer in chosen:
-        r = _rank_for(name, rank)
-        if r is not None:
+        if name in ranks:
             _linear_at(root, name)
-            plan.append((name, layer, resolve_rank(r, layer.out_features, layer.in_features, f"rank[{name}]")))
-    entries = []
-    for name, layer, r in plan:
-        _replace(root, name, LowRankLinear.from_linear(layer, r))
-        entries.append({"op": "low_rank", "layer": name, "rank": r})
-    _record(root, entries)
-    return model
+            r = resolve_rank(ranks[name], layer.out_features, layer.in_features, f"rank[{name}]")
+            plan.append(LowRank(layer=name, rank=r))
+    return plan
 
 
-def apply_surgery(model: nn.Module, plan: Sequence[Mapping[str, Any]]) -> nn.Module:
-    """Replay a ``model.surgery`` plan on a fresh model (in place): rebuild the shapes only.
+@torch.no_grad()
+def low_rank(
+    model: nn.Module,
+    rank: RankSpec,
+    *,
+    layers: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str | None = None,
+) -> nn.Module:
+    """A new model with the selected ``nn.Linear`` layers replaced by :class:`LowRankLinear`.
 
-    Every ``low_rank`` entry turns the named ``nn.Linear`` into a :class:`LowRankLinear`
-    of the recorded rank (no SVD; the weights are meant to be loaded afterwards). The
-    entries are appended to the model's own ``surgery`` list.
+    Args:
+        rank: an int, a float fraction of ``min(out, in)``, or ``{pattern: rank}`` (first
+            match wins; layers no pattern covers are left alone; a pattern that matches
+            no layer is an error).
+        layers / exclude: layer name patterns; by default every ``nn.Linear``. Convolution
+            layers are not supported yet: naming one is a :class:`ModelError`.
+
+    The effective weight is factorized (a pruning mask on the layer is baked in and
+    dropped). The result's ``surgery`` list is the input's plus one
+    ``{"op": "low_rank", "layer": name, "rank": r}`` per replaced layer; ``model`` itself
+    is left as it was.
     """
-    root = unwrap(model)
-    entries = []
-    for i, entry in enumerate(plan):
-        if not isinstance(entry, Mapping) or entry.get("op") != "low_rank":
-            op = entry.get("op") if isinstance(entry, Mapping) else entry
-            raise ModelError(f"surgery step {i} has op {op!r}; this function replays 'low_rank' steps only")
-        name, r = entry.get("layer"), entry.get("rank")
-        if not isinstance(name, str):
-            raise ModelError(f"surgery step {i} needs a 'layer' name string. Got {name!r}.")
-        layer = _linear_at(root, name)
-        r = resolve_rank(r, layer.out_features, layer.in_features, f"rank[{name}]")
-        new = LowRankLinear(layer.in_features, layer.out_features, r, bias=layer.bias is not None,
-                            device=layer.weight.device, dtype=layer.weight.dtype)
-        _replace(root, name, new)
-        entries.append({"op": "low_rank", "layer": name, "rank": r})
-    _record(root, entries)
-    return model
+    return apply_plan(model, low_rank_plan(model, rank, layers=layers, exclude=exclude))
+
+
+# ---------------------------------------------------------------- the recipe stage
+class SVDSpec(LayerStage):
+    """Low-rank factorization of linear layers by truncated SVD (the baseline of Gong et al.)."""
+
+    technique: Literal["svd"]
+    rank: (Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)]
+           | dict[str, Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)]])
+
+
+def _apply(ctx: Any, spec: SVDSpec, finetune: Any) -> Step:
+    return Step(plan=low_rank_plan(ctx.model, spec.rank, layers=spec.layers, exclude=spec.exclude))
+
+
+TECHNIQUE = Technique("svd", SVDSpec, _apply)

@@ -1,8 +1,8 @@
-"""Exact codecs for the ``.tsk`` file format: dense floats, bit-packed codes,
-relative-index sparse (Deep Compression / EIE) and canonical Huffman coding.
+"""The ``.tsk`` file: a model's weights in their smallest exact stored form.
 
-Each codec maps a numpy array to ``(bytes, meta)`` and back bit for bit; see
-:mod:`torchshrink.format.codecs` for the list and each module for its byte layout.
+Codecs (how one stream becomes bytes: dense floats, bit-packed codes, relative-index
+sparse, canonical Huffman, raw) live here; the forms (how a tensor is stored as streams)
+are the :mod:`torchshrink.forms` registry, which this package uses and never names.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 from .bitpack import decode_bitpack, encode_bitpack, pack_bits, packed_size, unpack_bits
 from .codecs import decode, decode_dense, encode_dense
 from .errors import TskFormatError
-from .forms import unpack
-from .records import TskFile, read_tsk
-from .tsk import SaveInfo, inspect_rows, load, save
 from .huffman import decode_huffman, encode_huffman, encoded_bits
+from .records import TskFile, read_tsk
 from .sparse import decode_relative_sparse, encode_relative_sparse, from_relative_index, to_relative_index
+from .tsk import SaveInfo, inspect_rows, load, runtime_model, save
 
 __all__ = [
     "SaveInfo",
@@ -36,8 +35,8 @@ __all__ = [
     "pack_bits",
     "packed_size",
     "read_tsk",
+    "runtime_model",
     "save",
     "to_relative_index",
-    "unpack",
     "unpack_bits",
 ]

@@ -25,10 +25,20 @@ from typing import Any
 
 import numpy as np
 
+import torch
+
 from .bitpack import decode_bitpack
 from .errors import FLOAT_DTYPES, TskFormatError, as_buffer, check_dtype, check_length, check_meta, check_shape
 from .huffman import decode_huffman
 from .sparse import decode_relative_sparse
+
+#: Stored dtype name -> (numpy dtype of the bytes, torch dtype): what the ``raw`` codec keeps.
+RAW_DTYPES: dict[str, tuple[str, torch.dtype]] = {
+    "float32": ("<f4", torch.float32), "float16": ("<f2", torch.float16), "float64": ("<f8", torch.float64),
+    "bfloat16": ("<u2", torch.bfloat16), "int8": ("i1", torch.int8), "int16": ("<i2", torch.int16),
+    "int32": ("<i4", torch.int32), "int64": ("<i8", torch.int64), "uint8": ("u1", torch.uint8),
+    "bool": ("?", torch.bool),
+}
 
 
 def encode_dense(x: Any, dtype: str | None = None) -> tuple[bytes, dict[str, Any]]:
@@ -57,11 +67,26 @@ def decode_dense(data: Any, meta: dict[str, Any]) -> np.ndarray:
     return buf.view(dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
+def decode_raw(data: Any, meta: Mapping[str, Any]) -> np.ndarray:
+    """Any :data:`RAW_DTYPES` array from its little-endian bytes (a bfloat16 as its uint16 bits)."""
+    if meta.get("dtype") not in RAW_DTYPES:
+        raise TskFormatError(f"Raw meta 'dtype' must be one of {list(RAW_DTYPES)}. Got {meta.get('dtype')!r}.")
+    shape, size = check_shape(meta.get("shape"))
+    dtype = np.dtype(RAW_DTYPES[meta["dtype"]][0])
+    buf = as_buffer(data)
+    check_length(buf, size * dtype.itemsize, f"A raw {meta['dtype']} {list(shape)}")
+    arr = buf.view(dtype).astype(dtype.newbyteorder("="))
+    if dtype.kind == "b" and arr.size and buf.max() > 1:
+        raise TskFormatError("A raw bool tensor holds bytes other than 0 and 1; the data is corrupted.")
+    return arr.reshape(shape)
+
+
 _DECODERS = {
     "dense": decode_dense,
     "bitpack": decode_bitpack,
     "relative_sparse": decode_relative_sparse,
     "huffman": decode_huffman,
+    "raw": decode_raw,
 }
 
 

@@ -1,7 +1,7 @@
 """Reading a ``.tsk`` file: validated tensor records and their lazy, exact decode.
 
 :func:`read_tsk` checks the container (see :mod:`.container`) and every tensor record
-before anything is decoded: known layout, exactly the streams that layout needs, every
+before anything is decoded: known form, exactly the streams that form needs, every
 blob referenced once with the recorded size. A tensor is decoded only when asked for,
 after its blobs' CRC-32 match; each stream's claimed shape is checked against the
 record before its decoder runs, and the decoders themselves check claimed sizes against
@@ -19,43 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .codecs import decode
+from .. import forms
+from .codecs import RAW_DTYPES, decode
 from .container import crc32_hex, read_container
-from .errors import TskFormatError, as_buffer, check_int, check_length, check_shape
-from .forms import unpack
-from .sparse import from_relative_index
+from .errors import TskFormatError, check_shape
 
 #: Largest tensor (elements) a file may declare; keeps a hostile record from asking for
 #: more memory than any real layer needs.
 MAX_TENSOR_ELEMENTS = 1 << 32
-#: Stored dtype name -> (numpy dtype of the bytes, torch dtype).
-RAW_DTYPES: dict[str, tuple[str, torch.dtype]] = {
-    "float32": ("<f4", torch.float32), "float16": ("<f2", torch.float16), "float64": ("<f8", torch.float64),
-    "bfloat16": ("<u2", torch.bfloat16), "int8": ("i1", torch.int8), "int16": ("<i2", torch.int16),
-    "int32": ("<i4", torch.int32), "int64": ("<i8", torch.int64), "uint8": ("u1", torch.uint8),
-    "bool": ("?", torch.bool),
-}
-_INT = ("bitpack", "huffman")
-_FLOAT = ("dense",)
-_LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "dense": {"data": ("dense", "raw")},
-    "sparse": {"gaps": _INT, "values": _FLOAT},
-    "shared": {"codebook": _FLOAT, "indices": _INT},
-    "shared_sparse": {"codebook": _FLOAT, "gaps": _INT, "codes": _INT},
-    "pq": {"codebooks": _FLOAT, "codes": _INT},
-}
-_MAX_STAGES = 64
 _HEX8 = re.compile(r"[0-9a-f]{8}")
-
-
-def _roles(form: str, params: Mapping[str, Any], name: str) -> dict[str, tuple[str, ...]]:
-    if form in _LAYOUTS:
-        return _LAYOUTS[form]
-    if form == "rq":
-        n = check_int(params.get("stages"), f"stages of {name}", 1, _MAX_STAGES)
-        return {f"stages.{t}.{part}": (_FLOAT if part == "codebooks" else _INT)
-                for t in range(n) for part in ("codebooks", "codes")}
-    raise TskFormatError(f"Tensor {name!r} has the unknown layout (codec) {form!r}; upgrade torchshrink?")
 
 
 def _check_record(rec: Any, blobs: Mapping[str, memoryview], used: set[str]) -> dict[str, Any]:
@@ -71,9 +43,13 @@ def _check_record(rec: Any, blobs: Mapping[str, memoryview], used: set[str]) -> 
         raise TskFormatError(f"Tensor {name!r} declares {numel} elements, more than the {MAX_TENSOR_ELEMENTS} allowed.")
     if rec["dtype"] not in RAW_DTYPES:
         raise TskFormatError(f"Tensor {name!r} has the unsupported dtype {rec['dtype']!r}.")
-    if rec["form"] != "dense" and rec["dtype"] not in ("float32", "float16"):
-        raise TskFormatError(f"Tensor {name!r}: layout {rec['form']!r} needs a float dtype, got {rec['dtype']!r}.")
-    roles = _roles(rec["form"], rec["params"], name)
+    form = forms.FORMS.get(rec["form"])
+    if form is None:
+        raise TskFormatError(f"Tensor {name!r} has the unknown form {rec['form']!r} (known: {', '.join(forms.FORMS)}); "
+                             "upgrade torchshrink?")
+    if rec["dtype"] not in form.dtypes:
+        raise TskFormatError(f"Tensor {name!r}: form {rec['form']!r} stores {list(form.dtypes)}, not {rec['dtype']!r}.")
+    roles = form.roles(rec["params"], name)
     if set(rec["streams"]) != set(roles):
         raise TskFormatError(
             f"Tensor {name!r} ({rec['form']}) has streams {sorted(rec['streams'])}; expected {sorted(roles)}."
@@ -96,19 +72,6 @@ def _check_record(rec: Any, blobs: Mapping[str, memoryview], used: set[str]) -> 
         if s.get("nbytes") != len(blobs[blob]) or not isinstance(crc, str) or not _HEX8.fullmatch(crc):
             raise TskFormatError(f"Tensor {name!r}: blob {blob!r} has {len(blobs[blob])} bytes, not the recorded size.")
     return rec
-
-
-def _decode_raw(data: memoryview, meta: Mapping[str, Any]) -> np.ndarray:
-    if meta.get("dtype") not in RAW_DTYPES:
-        raise TskFormatError(f"Raw meta 'dtype' must be one of {list(RAW_DTYPES)}. Got {meta.get('dtype')!r}.")
-    shape, size = check_shape(meta.get("shape"))
-    dtype = np.dtype(RAW_DTYPES[meta["dtype"]][0])
-    buf = as_buffer(data)
-    check_length(buf, size * dtype.itemsize, f"A raw {meta['dtype']} {list(shape)}")
-    arr = buf.view(dtype).astype(dtype.newbyteorder("="))
-    if dtype.kind == "b" and arr.size and buf.max() > 1:
-        raise TskFormatError("A raw bool tensor holds bytes other than 0 and 1; the data is corrupted.")
-    return arr.reshape(shape)
 
 
 @dataclass
@@ -159,62 +122,39 @@ class TskFile:
                 f"Shape mismatch in tensor {name!r}: stream {role!r} has shape {claimed!r}, expected {want}."
             )
         try:
-            return _decode_raw(data, meta) if meta["codec"] == "raw" else decode(data, meta)
+            return decode(data, meta)
         except TskFormatError as exc:
             raise TskFormatError(f"Tensor {name!r} (stream {role!r}): {exc}") from None
         except (ValueError, TypeError, IndexError, OverflowError) as exc:  # a meta no decoder foresaw
             raise TskFormatError(f"Tensor {name!r} (stream {role!r}) is malformed: {exc}") from None
 
-    def packed(self, name: str) -> dict[str, Any] | None:
-        """The packed form (``packed.md``) of a shared / pq / rq tensor, else ``None``."""
+    def form(self, name: str) -> forms.Form:
+        """The registered form a tensor is stored in."""
+        return forms.FORMS[self.record(name)["form"]]
+
+    def _decoded(self, name: str) -> Any:
         rec = self.record(name)
-        form, shape = rec["form"], rec["shape"]
-        if form in ("shared", "shared_sparse"):
-            codebook = self._stream(name, "codebook", ndim=1)
-            if form == "shared":
-                indices = self._stream(name, "indices", shape)
-            else:
-                b = check_int(rec["params"].get("index_bits"), "index_bits", 1, 16)
-                gaps = self._stream(name, "gaps", ndim=1)
-                codes = self._stream(name, "codes", list(gaps.shape))
-                try:
-                    indices = from_relative_index(gaps, codes, shape, b, zero_code=0)
-                except TskFormatError as exc:
-                    raise TskFormatError(f"Tensor {name!r}: {exc}") from None
-            return {"form": "shared", "shape": shape, "codebook": codebook, "indices": indices}
-        if form in ("pq", "rq"):
-            prefixes = [""] if form == "pq" else [f"stages.{t}." for t in range(rec["params"]["stages"])]
-            stages = []
-            for p in prefixes:
-                cb = self._stream(name, p + "codebooks", ndim=3)
-                codes = self._stream(name, p + "codes", [shape[0] if shape else 0, cb.shape[0]])
-                stages.append({"codebooks": cb, "codes": codes})
-            params = rec["params"]
-            out = {"form": form, "shape": shape, "subvector": params.get("subvector"), "pad": params.get("pad")}
-            return {**out, **stages[0]} if form == "pq" else {**out, "stages": stages}
-        return None
+
+        def read(role: str, shape: Any = None, ndim: int | None = None) -> np.ndarray:
+            return self._stream(name, role, shape, ndim)
+
+        try:
+            return self.form(name).decode(read, rec)
+        except TskFormatError as exc:
+            msg = str(exc)
+            raise TskFormatError(msg if repr(name) in msg else f"Tensor {name!r}: {msg}") from None
+
+    def packed(self, name: str) -> dict[str, Any] | None:
+        """The packed value (see :mod:`torchshrink.forms`) of a tensor stored in a packed form, else ``None``."""
+        return self._decoded(name) if self.form(name).packs is not None else None
 
     def array(self, name: str) -> np.ndarray:
         """The decoded tensor as a numpy array (bfloat16 as its uint16 bits)."""
-        rec = self.record(name)
-        form, shape = rec["form"], rec["shape"]
-        if form == "dense":
-            arr = self._stream(name, "data", shape)
-            meta = rec["streams"]["data"]["meta"]
-            if meta["codec"] == "raw" and meta["dtype"] != rec["dtype"]:
-                raise TskFormatError(f"Tensor {name!r}: raw dtype differs from the record's {rec['dtype']!r}.")
-            return arr
-        if form == "sparse":
-            b = check_int(rec["params"].get("index_bits"), "index_bits", 1, 16)
-            gaps = self._stream(name, "gaps", ndim=1)
-            values = self._stream(name, "values", list(gaps.shape))
-            try:
-                return from_relative_index(gaps, values, shape, b)
-            except TskFormatError as exc:
-                raise TskFormatError(f"Tensor {name!r}: {exc}") from None
-        packed = self.packed(name)
+        form, value = self.form(name), self._decoded(name)
+        if form.packs is None:
+            return value
         try:
-            return unpack(packed)
+            return form.unpack(value)
         except TskFormatError as exc:
             raise TskFormatError(f"Tensor {name!r}: {exc}") from None
 

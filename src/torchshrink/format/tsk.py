@@ -1,15 +1,17 @@
 """Saving and loading ``.tsk`` files: a model's weights in their smallest exact form.
 
 ``save(model, path)`` stores every entry of the model's plain (effective) state dict --
-``fc1.weight``, not the parametrization internals -- with the smallest exact encoding
-(:mod:`.encode`): dense, relative-index sparse, or, for a weight whose transform can
-``pack()`` itself, its packed form (shared codebook indices, PQ / RQ codes), each with
-optional Huffman coding of the integer streams (Han et al. 2016, "Deep Compression").
-Before writing a packed form it is decoded and compared with the layer's effective
-weight, so a file always reproduces the model's outputs exactly.
+``fc1.weight``, not the parametrization internals -- in the smallest exact form of the
+:data:`~torchshrink.forms.FORMS` registry that applies: a plain form (dense,
+relative-index sparse) or, for a weight whose transform can ``pack()`` itself, a form of
+its packed kind, each weighing its own variants (gap widths, Huffman coding of the int
+streams; Han et al. 2016, "Deep Compression"). Before a packed form is written it is
+decoded and compared with the layer's effective weight, so a file always reproduces the
+model's outputs exactly.
 
-``load(path)`` rebuilds the architecture from the recorded ``zoo_spec`` (replaying a
-recorded surgery plan) or fills a ``model=`` you pass, with plain decoded weights.
+``load(path)`` rebuilds the architecture from the recorded ``zoo_spec`` (replaying the
+recorded surgery plan through :mod:`torchshrink.surgery`) or fills a ``model=`` you pass;
+each layer stored in a packed form becomes its form's runtime module.
 Loading never executes code: the file is JSON plus raw bytes (container layout in
 :mod:`.container`, document layout below).
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,33 +39,46 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..core.select import tensor_key, unwrap
+from ..core.transform import effective_state_dict, iter_transforms, packer
 from ..errors import ModelError, TorchshrinkError
-from ..selection import unwrap
-from ..transforms import effective_state_dict, iter_transforms
+from .. import forms
+from ..surgery.plan import parse_plan, replay_plan
+from .codecs import RAW_DTYPES
 from .container import FORMAT_VERSION, crc32_hex, write_container
-from .encode import CODECS, Encoded, Options, check_packed, encode_packed, encode_plain
 from .errors import TskFormatError
-from .records import RAW_DTYPES, TskFile, read_tsk
+from .records import TskFile, read_tsk
+from .streams import CODECS, Encoded, Options
 
 
 @dataclass(frozen=True)
 class SaveInfo:
-    """What :func:`save` wrote: file size, and per tensor its codec, bytes and elements."""
+    """What :func:`save` wrote: the file size and the tensor records (as in the file's document).
+
+    Each record has ``name``, ``shape``, ``dtype``, ``form``, ``codec`` (a readable label),
+    ``params`` and ``streams`` (role -> ``meta``, ``nbytes``, ``crc32``, ``blob``).
+    ``widths[name][role]`` is a stream's fixed entry width in bits before entropy coding.
+    """
 
     path: Path
     file_bytes: int
-    tensor_bytes: dict[str, int]
-    codecs: dict[str, str]
-    numel: dict[str, int]
+    records: list[dict[str, Any]]
+    widths: dict[str, dict[str, int | None]]
+
+    @property
+    def tensor_bytes(self) -> dict[str, int]:
+        """Bytes of each tensor's blobs."""
+        return {r["name"]: sum(s["nbytes"] for s in r["streams"].values()) for r in self.records}
+
+    @property
+    def codecs(self) -> dict[str, str]:
+        """Each tensor's codec label (``shared(5b)/sparse(4b)+huffman(gaps,codes)``)."""
+        return {r["name"]: r["codec"] for r in self.records}
 
     @property
     def header_bytes(self) -> int:
         """Bytes that are not tensor data: length field, JSON header, padding."""
         return self.file_bytes - sum(self.tensor_bytes.values())
-
-    def bits_per_weight(self, name: str) -> float:
-        """File bits of tensor ``name`` per element."""
-        return 8 * self.tensor_bytes[name] / max(self.numel[name], 1)
 
 
 # --- save --------------------------------------------------------------------------------
@@ -98,12 +112,14 @@ def _first(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
 
 
 def _packers(model: nn.Module) -> dict[str, tuple[Any, torch.Tensor]]:
-    """State-dict key -> (last transform with a ``pack`` method, the latent tensor)."""
+    """State-dict key -> (the transform that packs it, that transform's input)."""
     out: dict[str, tuple[Any, torch.Tensor]] = {}
     for at in iter_transforms(model):
-        if callable(getattr(at.transform, "pack", None)):
-            key = f"{at.layer_name}.{at.tensor_name}" if at.layer_name else at.tensor_name
-            out[key] = (at.transform, at.layer.parametrizations[at.tensor_name].original)
+        key = tensor_key(at.layer_name, at.tensor_name)
+        if key not in out:
+            found = packer(at.layer, at.tensor_name)
+            if found is not None:
+                out[key] = found
     return out
 
 
@@ -121,20 +137,87 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def _encode_tensor(name: str, t: torch.Tensor, packer: Any, opts: Options) -> Encoded:
-    dtype = _dtype_name(t, name)
-    x = _numpy(t)
-    if packer is not None and opts.codec not in ("dense", "fp16"):
-        transform, latent = packer
-        with torch.no_grad():
-            packed = check_packed(transform.pack(latent), x, name)
-        return encode_packed(packed, x, opts)
-    if opts.codec == "bitpack" and t.is_floating_point():
+def check_packed(packed: Any, effective: np.ndarray, name: str) -> dict[str, Any]:
+    """Normalize a ``pack()`` result to numpy and check it decodes to ``effective``.
+
+    Equality is bitwise except that +0.0 and -0.0 count as equal (they give the same
+    layer outputs); anything else means the transform's forward and its ``pack`` disagree.
+    """
+    packed = _to_numpy(packed)
+    if not isinstance(packed, dict):
+        raise TskFormatError(f"pack() of {name!r} must return a dict. Got {type(packed).__name__}.")
+    try:
+        decoded = forms.form_of(packed).unpack(packed)
+    except TskFormatError as exc:
+        raise TskFormatError(f"pack() of {name!r} returned a malformed form: {exc}") from None
+    ok = decoded.shape == effective.shape
+    if ok:
+        a, b = decoded.view(np.uint32), np.ascontiguousarray(effective, dtype=np.float32).view(np.uint32)
+        ok = bool(np.all((a == b) | (((a | b) & 0x7FFFFFFF) == 0)))
+    if not ok:
         raise TskFormatError(
-            f"Codec 'bitpack' was forced for {name!r}, which has no packed form (no transform with pack()); "
+            f"pack() of {name!r} does not reproduce the layer's effective weight bit for bit; fix the "
+            f"transform, or store the plain weight with codecs={{{name!r}: 'dense'}}."
+        )
+    return packed
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping):
+        return [_to_numpy(v) for v in value]
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def _candidates(plain: forms.Plain, packed: dict | None, opts: Options) -> list[tuple[forms.Form, Any]]:
+    """(form, value) pairs that may store a tensor: its packed kind's forms first, then the plain ones.
+
+    A forced codec keeps only the forms it selects, and prefers the packed kind's forms.
+    """
+    packed_forms = [(f, packed) for f in forms.FORMS.values() if packed is not None and f.packs == packed["form"]]
+    plain_forms = [(f, plain) for f in forms.FORMS.values() if f.packs is None and plain.dtype in f.dtypes]
+    if opts.codec == "auto":
+        return packed_forms + plain_forms
+    chosen = [(f, v) for f, v in packed_forms if opts.codec in f.selected_by]
+    return chosen or [(f, v) for f, v in plain_forms if opts.codec in f.selected_by]
+
+
+def _encode_tensor(name: str, t: torch.Tensor, pk: tuple[Any, torch.Tensor] | None, opts: Options) -> Encoded:
+    plain = forms.Plain(_numpy(t), _dtype_name(t, name))
+    packed = None
+    if pk is not None and (opts.codec == "auto" or any(f.packs and opts.codec in f.selected_by
+                                                       for f in forms.FORMS.values())):
+        transform, w_in = pk
+        with torch.no_grad():
+            packed = check_packed(transform.pack(w_in), plain.values, name)
+    if not t.is_floating_point():
+        opts = Options()  # integer tensors are always stored raw
+    best = None
+    for form, value in _candidates(plain, packed, opts):
+        plan = form.plan(value, opts)
+        if plan is not None and (best is None or plan[0] < best[0]):
+            best = (plan[0], form, value, plan[1])
+    if best is None:
+        raise TskFormatError(
+            f"Codec {opts.codec!r} was forced for {name!r}, which has no packed form it applies to; "
             "use 'auto', 'dense', 'fp16' or 'sparse'."
         )
-    return encode_plain(x, dtype, opts)
+    _, form, value, plan = best
+    return plan if isinstance(plan, Encoded) else form.encode(value, plan, opts)
+
+
+def _plan_of(model: nn.Module) -> list[dict[str, Any]] | None:
+    """The model's recorded surgery plan, validated (an op load could not replay is refused here)."""
+    plan = getattr(model, "surgery", None)
+    if plan is None:
+        return None
+    try:
+        return [op.model_dump(mode="json") for op in parse_plan(plan)]
+    except ModelError as exc:
+        raise TskFormatError(f"cannot save the model's surgery plan: {exc}") from None
 
 
 def save(
@@ -148,17 +231,18 @@ def save(
     """Write ``model``'s effective weights to a ``.tsk`` file in their smallest exact form.
 
     Args:
-        codecs: ``{name pattern: codec}`` forcing a codec per tensor (first match wins):
+        codecs: ``{name pattern: codec}`` forcing a choice per tensor (first match wins):
             ``"auto"`` (smallest exact, the default), ``"dense"`` (own dtype), ``"fp16"``
             (lossy: rounds to half precision), ``"sparse"`` (relative-index; for a shared
             weight, sparse codebook indices) or ``"bitpack"`` (the transform's packed form
-            with bit-packed codes). Integer tensors are always stored raw.
+            with bit-packed codes); each form says which names select it. Integer
+            tensors are always stored raw.
         huffman: ``None`` Huffman-codes an integer stream when that is smaller,
             ``True`` always, ``False`` never.
         index_bits: gap width of relative-index sparse streams, one int or ``{pattern:
             int}``; by default every width in 1..12 is tried (Deep Compression: 5 FC, 8 conv).
     Returns:
-        :class:`SaveInfo` with the file size and per-tensor codec, bytes and elements.
+        :class:`SaveInfo` with the file size and the tensor records.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__}.")
@@ -171,60 +255,38 @@ def save(
     for pattern in [*forced, *([] if single else widths)]:
         if not any(fnmatch.fnmatchcase(k, pattern) for k in state):
             raise TskFormatError(f"The pattern {pattern!r} matches no tensor; tensors are: {', '.join(state)}.")
+    base = unwrap(model)
+    surgery = _plan_of(base)
     packers = _packers(model)
-    records, blobs = [], {}
+    records, blobs, entry_bits = [], {}, {}
     for name, t in state.items():
         opts = Options(_first(forced, name, "auto"), _first(widths, name, None), huffman)
         enc = _encode_tensor(name, t, packers.get(name), opts)
         streams = {}
+        entry_bits[name] = {s.role: s.width for s in enc.streams}
         for s in enc.streams:
             blob = f"{name}:{s.role}"
             blobs[blob] = s.data
             streams[s.role] = {"blob": blob, "meta": s.meta, "nbytes": len(s.data), "crc32": crc32_hex(s.data)}
         records.append({"name": name, "shape": list(t.shape), "dtype": _dtype_name(t, name), "form": enc.form,
                         "codec": enc.label, "params": enc.params, "streams": streams})
-    base = unwrap(model)
-    surgery = getattr(base, "surgery", None)
     doc = {
         "format": FORMAT_VERSION,
-        "architecture": {"zoo_spec": getattr(base, "zoo_spec", None),
-                         "surgery": None if surgery is None else list(surgery)},
+        "architecture": {"zoo_spec": getattr(base, "zoo_spec", None), "surgery": surgery},
         "tensors": records,
     }
     file_bytes = write_container(path, doc, blobs)
-    return SaveInfo(
-        Path(path), file_bytes,
-        {r["name"]: sum(s["nbytes"] for s in r["streams"].values()) for r in records},
-        {r["name"]: r["codec"] for r in records},
-        {name: t.numel() for name, t in state.items()},
-    )
+    return SaveInfo(Path(path), file_bytes, records, entry_bits)
 
 
 # --- load --------------------------------------------------------------------------------
 
 
-def _replay_surgery(model: nn.Module, plan: list[Any]) -> nn.Module:
-    try:
-        apply_surgery = importlib.import_module("torchshrink.factorize.svd").apply_surgery
-    except (ImportError, AttributeError):
-        raise TskFormatError(
-            f"unsupported surgery op: the file records a surgery plan ({len(plan)} step(s)) but this "
-            "torchshrink has no torchshrink.factorize.svd.apply_surgery to replay it."
-        ) from None
-    try:
-        result = apply_surgery(model, plan)
-    except TorchshrinkError as exc:
-        raise TskFormatError(f"unsupported surgery op: replaying the recorded plan failed: {exc}") from None
-    model = model if result is None else result
-    model.surgery = list(plan)
-    return model
+def _architecture(f: TskFile, *, skeleton: bool) -> nn.Module:
+    """The model a file's ``zoo_spec`` and surgery plan describe, with fresh weights.
 
-
-def build_architecture(f: TskFile, *, skeleton: bool = False) -> nn.Module:
-    """The model a file's ``zoo_spec`` (and surgery plan) describes, with fresh weights.
-
-    ``skeleton=True`` builds it on the ``meta`` device (shapes only, no memory) and skips
-    the surgery plan: :func:`load` uses that to check the file's shapes before building.
+    ``skeleton=True`` builds it on the ``meta`` device (shapes only, no memory): :func:`load`
+    checks the file's shapes against it before building anything for real.
     """
     from ..models import build_from_spec
 
@@ -236,11 +298,12 @@ def build_architecture(f: TskFile, *, skeleton: bool = False) -> nn.Module:
     try:
         if skeleton:
             with torch.device("meta"):
-                return build_from_spec(f.zoo_spec)
+                model = build_from_spec(f.zoo_spec)
+                return replay_plan(model, f.surgery) if f.surgery else model
         model = build_from_spec(f.zoo_spec)
+        return replay_plan(model, f.surgery) if f.surgery else model
     except (TorchshrinkError, TypeError, ValueError, RuntimeError) as exc:
         raise TskFormatError(f"{f.path}: bad architecture metadata: {exc}") from None
-    return _replay_surgery(model, f.surgery) if f.surgery else model
 
 
 def _check_fits(f: TskFile, model: nn.Module) -> None:
@@ -256,28 +319,27 @@ def _check_fits(f: TskFile, model: nn.Module) -> None:
             )
 
 
-def load(path: str | Path, *, model: nn.Module | None = None, dense: bool = False) -> nn.Module:
-    """Load a ``.tsk`` file as a model in eval mode.
+def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense: bool = False) -> nn.Module:
+    """Load a ``.tsk`` file (a path, or a :class:`TskFile` already read) as a model in eval mode.
 
-    ``dense=False`` (the default): layers stored in a packed form (shared codebook
-    indices, PQ codes) become runtime modules that run the compressed weights directly
-    (:mod:`torchshrink.runtime.modules`); every other layer is plain PyTorch. Their
-    outputs equal the decoded model's within float32 rounding.
+    ``dense=False`` (the default): each layer whose weight is stored in a packed form
+    becomes its form's runtime module, which runs the compressed weights directly
+    (:mod:`torchshrink.runtime`); every other layer is plain PyTorch. Their outputs equal
+    the decoded model's within float32 rounding.
     ``dense=True``: a plain PyTorch model with the decoded weights, bit-exact.
 
     With ``model`` given, its weights are replaced (keys and shapes must match the file);
-    otherwise the architecture is rebuilt from the file's ``zoo_spec`` (and surgery
-    plan). Shapes are checked before any tensor is decoded -- for a rebuilt model against
-    a memory-free ``meta`` skeleton, so a hostile spec cannot make it allocate (a model
-    with a surgery plan is checked after the plan is replayed) -- and the architecture is
-    built for real only once every tensor has decoded.
+    otherwise the architecture is rebuilt from the file's ``zoo_spec`` and surgery plan.
+    Shapes are checked before any tensor is decoded -- for a rebuilt model against a
+    memory-free ``meta`` skeleton (surgery replayed there too), so a hostile spec cannot
+    make it allocate -- and the architecture is built for real only once every tensor
+    has decoded.
     """
-    f = read_tsk(path)
+    f = source if isinstance(source, TskFile) else read_tsk(source)
     if model is None:
-        if not f.surgery:
-            _check_fits(f, build_architecture(f, skeleton=True))
+        _check_fits(f, _architecture(f, skeleton=True))
         state = f.state_dict()
-        model = build_architecture(f)
+        model = _architecture(f, skeleton=False)
     elif not isinstance(model, nn.Module):
         raise ModelError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__}.")
     elif any(parametrize.is_parametrized(m) for m in model.modules()):
@@ -286,38 +348,37 @@ def load(path: str | Path, *, model: nn.Module | None = None, dense: bool = Fals
         state = None
     _check_fits(f, model)
     model.load_state_dict(f.state_dict() if state is None else state)
-    if not dense:
-        from ..runtime.fused import fuse
-
-        plain = model.eval()
-        swapped = _use_runtime_modules(f, copy.deepcopy(plain))
-        return fuse(plain, swapped).eval()
-    return model.eval()
+    model.eval()
+    return model if dense else runtime_model(f, model)
 
 
-def _use_runtime_modules(f: TskFile, model: nn.Module) -> nn.Module:
-    """Swap each packed Linear / Conv2d for its runtime module (in place); return the model."""
-    from ..runtime.modules import compress_module
+def runtime_model(f: TskFile, plain: nn.Module) -> nn.Module:
+    """A copy of ``plain`` (holding ``f``'s decoded weights) whose packed layers run their form's runtime module."""
+    from ..runtime.fused import fuse
 
-    for name, layer in list(model.named_modules()):
-        key = f"{name}.weight"
-        if key not in f.records or f.record(key)["form"] not in ("shared", "shared_sparse", "pq"):
+    fast = copy.deepcopy(plain)
+    for name, layer in list(fast.named_modules()):
+        key = tensor_key(name, "weight")
+        if key not in f.records or f.form(key).packs is None:
             continue
-        fast = compress_module(layer, f.packed(key))
-        if fast is None:
+        module = f.form(key).runtime(layer, f.packed(key))
+        if module is None:
             continue
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, fast)
-    return model
+        if not child:
+            fast = module
+            continue
+        setattr(fast.get_submodule(parent_name) if parent_name else fast, child, module)
+    return fuse(plain, fast).eval()
 
 
-def inspect_rows(path: str | Path) -> list[dict[str, Any]]:
+def inspect_rows(source: str | Path | TskFile) -> list[dict[str, Any]]:
     """One row per tensor: name, codec, shape, numel, nonzeros, bits per weight, bytes, share.
 
     ``bits_per_weight`` = 8 × the tensor's blob bytes / its elements; ``share`` = the
     tensor's bytes / the whole file (the rest is header).
     """
-    f = read_tsk(path)
+    f = source if isinstance(source, TskFile) else read_tsk(source)
     rows = []
     for name in f.names:
         t = f.tensor(name)

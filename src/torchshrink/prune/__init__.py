@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .magnitude import IterativePruning, iteration_targets, magnitude, prune_layer, sparsity_mask
 from .masks import Mask, mask_of, masks, set_mask
-from .schedule import AGP, agp_sparsity
+from .agp import AGP, agp_sparsity
 
 __all__ = [
     "AGP",

@@ -16,38 +16,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from fnmatch import fnmatchcase
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..errors import ModelError
-from ..selection import select_layers, unwrap, weight_layers
-from ..train import Callback, TrainContext
+from ..core.params import FRACTION, POSITIVE_INT, Interval, OneOf, check
+from ..core.select import per_layer, select_layers, unwrap, weight_layers
+from ..core.technique import LayerStage, Step, Technique
+from ..errors import ModelError, RecipeError
+from ..train import Callback, TrainConfig, TrainContext
 from .masks import broadcast_masks, ensure_mask, mask_of, set_mask
 
 SparsitySpec = float | Mapping[str, float]
+QUALITY = Interval(float, 0.0, None)
+SCOPES = OneOf(("layer", "global"))
 
 
-def _check_fraction(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not (0.0 <= float(value) < 1.0):
-        raise ModelError(f"The '{name}' parameter must be a float in [0, 1). Got {value!r} instead.")
-    return float(value)
+def fraction(value: Any, name: str = "sparsity") -> float:
+    """``value`` as a float in [0, 1) (a sparsity), or a :class:`ModelError`."""
+    return check(value, name, None, FRACTION)
+
+
+def _quality(value: Any, name: str = "quality") -> float:
+    return check(value, name, None, QUALITY)
 
 
 def _check_finite(name: str, w: torch.Tensor) -> None:
     if not bool(torch.isfinite(w).all()):
         raise ModelError(f"layer {name!r} has NaN or infinite weights; refusing to prune it")
-
-
-def per_layer(spec: SparsitySpec, name: str, what: str = "sparsity") -> float | None:
-    """The value for layer ``name``: a scalar, or the first matching pattern of a mapping."""
-    if isinstance(spec, Mapping):
-        for pattern, value in spec.items():
-            if fnmatchcase(name, pattern):
-                return _check_fraction(f"{what}[{pattern}]", value) if what == "sparsity" else float(value)
-        return None
-    return _check_fraction(what, spec) if what == "sparsity" else float(spec)
 
 
 def keep_smallest_removed(scores: torch.Tensor, n_remove: int) -> torch.Tensor:
@@ -92,11 +90,9 @@ def prune_layer(
     old = mask_of(layer)
     prior = old.mask if old is not None else None
     if sparsity is not None:
-        keep = sparsity_mask(w, _check_fraction("sparsity", sparsity), prior)
+        keep = sparsity_mask(w, fraction(sparsity), prior)
     else:
-        if quality < 0 or not math.isfinite(quality):
-            raise ModelError(f"The 'quality' parameter must be a float >= 0. Got {quality!r} instead.")
-        keep = w.abs() > quality * w.std()
+        keep = w.abs() > _quality(quality) * w.std()
         if prior is not None:
             keep &= prior.bool()
     return set_mask(layer, keep).sparsity
@@ -125,22 +121,19 @@ def magnitude(
     chosen = select_layers(model, layers, exclude)
     if (sparsity is None) == (quality is None):
         raise ModelError("give exactly one of 'sparsity' or 'quality'")
-    if scope not in ("layer", "global"):
-        raise ModelError(f"The 'scope' parameter must be 'layer' or 'global'. Got {scope!r} instead.")
+    check(scope, "scope", "magnitude", SCOPES)
     if scope == "global":
         if sparsity is None or isinstance(sparsity, Mapping):
             raise ModelError("global scope needs one scalar 'sparsity'")
-        _prune_global(chosen, _check_fraction("sparsity", sparsity))
+        _prune_global(chosen, fraction(sparsity))
         return model
+    names = [n for n, _ in chosen]
+    targets = (per_layer(sparsity, names, "sparsity", fraction) if sparsity is not None
+               else per_layer(quality, names, "quality", _quality))
     for name, layer in chosen:
-        if sparsity is not None:
-            s = per_layer(sparsity, name)
-            if s is not None:
-                prune_layer(layer, sparsity=s, name=name)
-        else:
-            q = per_layer(quality, name, what="quality")
-            if q is not None:
-                prune_layer(layer, quality=q, name=name)
+        if name in targets:
+            kind = "sparsity" if sparsity is not None else "quality"
+            prune_layer(layer, **{kind: targets[name]}, name=name)
     return model
 
 
@@ -211,13 +204,12 @@ class IterativePruning(Callback):
         scope: str = "layer",
         scale_dropout: bool = True,
     ) -> None:
-        if iterations < 1 or epochs_per_iteration < 1:
-            raise ModelError("'iterations' and 'epochs_per_iteration' must be >= 1")
+        check(iterations, "iterations", "IterativePruning", POSITIVE_INT)
+        check(epochs_per_iteration, "epochs_per_iteration", "IterativePruning", POSITIVE_INT)
         self.sparsity, self.quality = sparsity, quality
         self.iterations, self.epochs_per_iteration = iterations, epochs_per_iteration
         self.layers, self.exclude, self.scope = layers, exclude, scope
         self.scale_dropout = scale_dropout
-        self.history: list[dict[str, float]] = []
 
     def attach(self, model: nn.Module) -> None:
         """Attach all-ones masks to the selected layers (structure only, idempotent)."""
@@ -228,9 +220,9 @@ class IterativePruning(Callback):
         frac = (i + 1) / self.iterations
         if self.sparsity is not None:
             if isinstance(self.sparsity, Mapping):
-                return {k: iteration_targets(_check_fraction(f"sparsity[{k}]", v), self.iterations)[i]
+                return {k: iteration_targets(fraction(v, f"sparsity[{k}]"), self.iterations)[i]
                         for k, v in self.sparsity.items()}, None
-            return iteration_targets(_check_fraction("sparsity", self.sparsity), self.iterations)[i], None
+            return iteration_targets(fraction(self.sparsity), self.iterations)[i], None
         q = self.quality
         return None, ({k: v * frac for k, v in q.items()} if isinstance(q, Mapping) else q * frac)
 
@@ -256,3 +248,40 @@ class IterativePruning(Callback):
             m = mask_of(layers[name])
             if m is not None and name in self._p0:
                 drop.p = self._p0[name] * math.sqrt(1.0 - m.sparsity)
+
+
+# ---------------------------------------------------------------- the recipe stage
+Sparsity = FRACTION.type
+
+
+class MagnitudeSpec(LayerStage):
+    """Han et al. 2015: magnitude threshold, iterative prune → retrain."""
+
+    technique: Literal["magnitude"]
+    sparsity: Sparsity | dict[str, Sparsity] | None = Field(None, description="fraction of weights removed, per layer")
+    quality: float | dict[str, float] | None = Field(None, description="threshold = quality × std of the layer")
+    scope: Literal["layer", "global"] = "layer"
+    iterations: int = POSITIVE_INT.field(3, description="prune → retrain rounds")
+    scale_dropout: bool = Field(True, description="dropout rate × sqrt(kept fraction) (Han et al. Eq. 2)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MagnitudeSpec:
+        if (self.sparsity is None) == (self.quality is None):
+            raise ValueError("give exactly one of 'sparsity' or 'quality'")
+        return self
+
+
+def _apply(ctx: Any, spec: MagnitudeSpec, finetune: TrainConfig) -> Step:
+    if finetune.epochs == 0:  # one shot, no retraining
+        magnitude(ctx.model, spec.sparsity, quality=spec.quality, layers=spec.layers, exclude=spec.exclude,
+                  scope=spec.scope)
+        return Step(finetune=False)
+    if finetune.epochs < spec.iterations:
+        raise RecipeError(f"finetune.epochs ({finetune.epochs}) must be >= iterations ({spec.iterations})")
+    return Step(callbacks=[IterativePruning(
+        spec.sparsity, quality=spec.quality, iterations=spec.iterations,
+        epochs_per_iteration=finetune.epochs // spec.iterations, layers=spec.layers, exclude=spec.exclude,
+        scope=spec.scope, scale_dropout=spec.scale_dropout)])
+
+
+TECHNIQUE = Technique("magnitude", MagnitudeSpec, _apply)

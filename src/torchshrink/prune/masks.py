@@ -9,14 +9,11 @@ decay (``λw = 0``) and momentum (zero history) they then stay zero through trai
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..selection import unwrap
-from ..transforms import WeightTransform, attach, find, iter_transforms, original
+from ..core.transform import WeightTransform, attach, find, iter_transforms, original
 
 
 class Mask(WeightTransform):
@@ -78,12 +75,3 @@ def broadcast_masks(model: nn.Module, src: int = 0) -> None:
         return
     for m in masks(model).values():
         torch.distributed.broadcast(m.mask, src)
-
-
-def attach_masks(model: nn.Module, layer_names: Iterable[str]) -> None:
-    """Attach all-ones masks to the named layers (used to rebuild structure on resume)."""
-    mods = dict(unwrap(model).named_modules())
-    for name in layer_names:
-        if name not in mods:
-            raise ModelError(f"no layer named {name!r} to attach a mask to")
-        ensure_mask(mods[name])

@@ -1,21 +1,15 @@
 """Quantization: weight sharing by k-means (Deep Compression), product and residual
-quantization, Q-CNN, ternary, binary and bitwise networks.
+quantization (Gong et al. 2014); Q-CNN, ternary, binary and bitwise networks as they land.
 
 The building blocks live in submodules (e.g. :mod:`torchshrink.quantize.kmeans1d`);
-the public ``torchshrink.quantize`` API is assembled here as techniques land.
+the public ``torchshrink.quantize`` API is assembled here.
 """
 
 from __future__ import annotations
 
 from .kmeans import SharedWeights, compression_rate_kmeans, share_weights
-from .product import (
-    ProductQuantized,
-    ResidualQuantized,
-    compression_rate_pq,
-    compression_rate_rq,
-    product_quantize,
-    residual_quantize,
-)
+from .product import ProductQuantized, compression_rate_pq, product_quantize
+from .residual import ResidualQuantized, compression_rate_rq, residual_quantize
 
 __all__ = [
     "ProductQuantized",

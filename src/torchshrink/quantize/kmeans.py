@@ -22,29 +22,35 @@ freezes it (``requires_grad=False``), so optimizers and DDP only see the codeboo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
-from torch.nn.utils import parametrize
 
+from ..core.params import BITS, OneOf, check
+from ..core.select import per_layer, select_layers
+from ..core.technique import LayerStage, Step, Technique
+from ..core.transform import WeightTransform, attach, original, packer
 from ..errors import ModelError
-from ..selection import select_layers
-from ..transforms import WeightTransform, attach, original
 from .kmeans1d import INITS, kmeans1d
 
-MAX_BITS = 16
+#: Deep Compression's index widths (§3.2): 5 bits for FC layers, 8 for convolutions.
+FC_BITS, CONV_BITS = 5, 8
+INIT = OneOf(tuple(INITS))
 
 BitsSpec = int | Mapping[str, int] | None
 
 
 def check_bits(value: Any, name: str = "bits") -> int:
     """``value`` as an int in ``[1, 16]``, or a :class:`ModelError` in sklearn style."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_BITS:
-        raise ModelError(f"The '{name}' parameter must be an int in [1, {MAX_BITS}]. Got {value!r} instead.")
-    return int(value)
+    return check(value, name, "kmeans", BITS)
+
+
+def check_init(init: Any) -> Any:
+    """A kmeans1d initialization name, or an array of initial centroids."""
+    return check(init, "init", "kmeans", INIT) if isinstance(init, str) else init
 
 
 def index_dtype(n_entries: int) -> np.dtype:
@@ -91,8 +97,7 @@ class SharedWeights(WeightTransform):
         Exact zeros get index 0 and never become a centroid.
         """
         bits = check_bits(bits)
-        if isinstance(init, str) and init not in INITS:
-            raise ModelError(f"The 'init' parameter must be one of {list(INITS)} or an array. Got {init!r} instead.")
+        check_init(init)
         w = weight.detach().to("cpu", torch.float32)
         if not bool(torch.isfinite(w).all()):
             raise ModelError(f"layer {name!r} has NaN or infinite weights; fix or retrain it before sharing weights")
@@ -121,15 +126,15 @@ class SharedWeights(WeightTransform):
         return self.codebook.numel() + 1
 
     @torch.no_grad()
-    def pack(self, latent: torch.Tensor | None = None) -> dict:
-        """The "shared" stored form (see packed.md): ``codebook[0] == 0.0``, uint8/uint16 indices.
+    def pack(self, w_in: torch.Tensor) -> dict:
+        """The "shared" packed form (:mod:`torchshrink.forms.shared`): ``codebook[0] == 0.0``, uint8/uint16 indices.
 
-        ``latent`` is not needed (the effective weight depends only on codebook and
-        indices); when given, its shape must match.
+        The output depends on the codebook and indices only, not on the values of
+        ``w_in`` (the transform's input); its shape must match.
         """
-        if latent is not None and tuple(latent.shape) != tuple(self.indices.shape):
+        if tuple(w_in.shape) != tuple(self.indices.shape):
             raise ModelError(
-                f"pack() got a latent of shape {tuple(latent.shape)} for indices of shape {tuple(self.indices.shape)}."
+                f"pack() got an input of shape {tuple(w_in.shape)} for indices of shape {tuple(self.indices.shape)}."
             )
         table = self.table().detach().to("cpu", torch.float32).numpy().copy()
         return {
@@ -143,23 +148,6 @@ class SharedWeights(WeightTransform):
         return f"bits={self.bits}, centroids={self.codebook.numel()}, shape={tuple(self.indices.shape)}"
 
 
-def stored_transform(layer: nn.Module, tensor_name: str = "weight") -> WeightTransform | None:
-    """The first transform on ``layer.<tensor_name>`` that changes how it is stored (has ``pack``)."""
-    if not parametrize.is_parametrized(layer, tensor_name):
-        return None
-    return next((t for t in layer.parametrizations[tensor_name] if hasattr(t, "pack")), None)
-
-
-def _bits_for(name: str, layer: nn.Module, bits: BitsSpec, fc_bits: int, conv_bits: int) -> int:
-    if isinstance(bits, Mapping):
-        for pattern, value in bits.items():
-            if fnmatchcase(name, pattern):
-                return check_bits(value, f"bits[{pattern}]")
-    elif bits is not None:
-        return check_bits(bits)
-    return fc_bits if isinstance(layer, nn.Linear) else conv_bits
-
-
 @torch.no_grad()
 def share_weights(
     model: nn.Module,
@@ -168,8 +156,8 @@ def share_weights(
     layers: Sequence[str] | str | None = None,
     exclude: Sequence[str] | str | None = None,
     init: Any = "linear",
-    fc_bits: int = 5,
-    conv_bits: int = 8,
+    fc_bits: int = FC_BITS,
+    conv_bits: int = CONV_BITS,
     max_iter: int = 100,
     seed: int = 0,
     include_bias: bool = False,
@@ -178,8 +166,8 @@ def share_weights(
 
     Args:
         bits: index width per weight: one int for every layer, ``{pattern: bits}`` (the
-            first matching pattern wins; uncovered layers get the type default), or
-            ``None`` for the type defaults.
+            first matching pattern wins; uncovered layers get the type default; a
+            pattern that matches no layer is an error), or ``None`` for the type defaults.
         layers / exclude: layer name patterns (``fc*``, ``features.*``).
         init: k-means initialization, ``"linear"`` (default, Deep Compression §3.2),
             ``"density"`` or ``"random"``.
@@ -193,12 +181,13 @@ def share_weights(
     clustering sees the effective, pruned weight and pruned entries stay zero.
     """
     fc_bits, conv_bits = check_bits(fc_bits, "fc_bits"), check_bits(conv_bits, "conv_bits")
-    if isinstance(init, str) and init not in INITS:
-        raise ModelError(f"The 'init' parameter must be one of {list(INITS)} or an array. Got {init!r} instead.")
+    check_init(init)
     chosen = select_layers(model, layers, exclude)
-    plan = [(name, layer, _bits_for(name, layer, bits, fc_bits, conv_bits)) for name, layer in chosen]
+    given = per_layer(bits, [n for n, _ in chosen], "bits", check_bits)
+    plan = [(name, layer, given.get(name, fc_bits if isinstance(layer, nn.Linear) else conv_bits))
+            for name, layer in chosen]
     for name, layer, _ in plan:
-        if stored_transform(layer) is not None:
+        if packer(layer) is not None:
             raise ModelError(f"layer {name!r} is already quantized; build the model again to quantize it differently")
         if not bool(torch.isfinite(layer.weight).all()):
             raise ModelError(f"layer {name!r} has NaN or infinite weights; fix or retrain it before sharing weights")
@@ -226,3 +215,27 @@ def compression_rate_kmeans(n_weights: int, bits: float, k: int) -> float:
         raise ModelError("compression_rate_kmeans needs n_weights, bits and k > 0.")
     return 32.0 * n_weights / (bits * n_weights + 32.0 * k)
 
+
+
+# ---------------------------------------------------------------- the recipe stage
+Bits = BITS.type
+
+
+class KMeansSpec(LayerStage):
+    """Deep Compression §3 / Gong et al. 2014: per-layer scalar k-means weight sharing."""
+
+    technique: Literal["kmeans"]
+    bits: Bits | dict[str, Bits] | None = Field(None, description="bits per layer; default by type")
+    fc_bits: Bits = Field(FC_BITS, description="default for Linear layers")
+    conv_bits: Bits = Field(CONV_BITS, description="default for convolutions")
+    init: Literal[tuple(INITS)] = Field("linear", description="centroid initialization")  # type: ignore[valid-type]
+    include_bias: bool = Field(False, description="also share biases (own codebook per layer)")
+
+
+def _apply(ctx: Any, spec: KMeansSpec, finetune: Any) -> Step:
+    share_weights(ctx.model, spec.bits, layers=spec.layers, exclude=spec.exclude, init=spec.init,
+                  fc_bits=spec.fc_bits, conv_bits=spec.conv_bits, include_bias=spec.include_bias)
+    return Step()
+
+
+TECHNIQUE = Technique("kmeans", KMeansSpec, _apply)

@@ -1,4 +1,7 @@
-"""Product and residual quantization of weight matrices (Gong et al. 2014 §3.3; Jégou et al. 2011).
+"""Product quantization of weight matrices (Gong et al. 2014 §3.3; Jégou et al. 2011).
+
+The sub-vector layout and the k-means below are shared with residual quantization
+(:mod:`torchshrink.quantize.residual`).
 
 **Layout.** A weight of shape ``[out, in...]`` is viewed row-major as ``W`` of shape
 ``[out, D]`` (``D = prod(in...)``; for a convolution ``in * kh * kw``). Each row is cut
@@ -31,30 +34,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..core.params import Interval, check
+from ..core.select import select_layers
+from ..core.technique import LayerStage, Step, Technique
+from ..core.transform import WeightTransform, attach, original, packer
 from ..errors import ModelError
-from ..selection import select_layers
-from ..transforms import WeightTransform, attach, original
-from .kmeans import index_dtype, stored_transform
+from .kmeans import index_dtype
 
 MAX_CODEWORDS = 1 << 16
+SUBVECTOR = Interval(int, 1, 1 << 31)
+CODEWORDS = Interval(int, 1, MAX_CODEWORDS)
+ITERS = Interval(int, 0, 1 << 31)
 
 
-def _check_int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ModelError(f"The '{name}' parameter must be an int in [{low}, {high}]. Got {value!r} instead.")
-    return int(value)
+def _check_int(value: Any, name: str, constraint: Interval) -> int:
+    return check(value, name, None, constraint)
 
 
 def layout(shape: Sequence[int], subvector: int | None) -> tuple[int, int, int, int]:
     """``(out, D, d, S)`` for a weight ``shape`` and a sub-vector length (``None`` = whole row)."""
     out, depth = int(shape[0]), math.prod(int(s) for s in shape[1:])
-    d = depth if subvector is None else min(_check_int(subvector, "subvector", 1, 1 << 31), depth)
+    d = depth if subvector is None else min(_check_int(subvector, "subvector", SUBVECTOR), depth)
     return out, depth, d, -(-depth // d)
 
 
@@ -123,7 +128,7 @@ def kmeans_subspaces(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) ->
     there are that many). Returns float32 codebooks ``[S, k, d]`` and int64 codes
     ``[n, S]``, each row's nearest stored codeword.
     """
-    iters = _check_int(iters, "iters", 0, 1 << 31)
+    iters = _check_int(iters, "iters", ITERS)
     S, n, d = x.shape
     xd = x.detach().to(torch.float64)
     gen = torch.Generator().manual_seed(seed)
@@ -161,9 +166,9 @@ class _VQ(WeightTransform):
     def _finish(self, rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return rows.reshape(self.shape[0], -1)[:, : self.depth].reshape(self.shape).to(w.dtype)
 
-    def _check_latent(self, latent: torch.Tensor | None) -> None:
-        if latent is not None and tuple(latent.shape) != self.shape:
-            raise ModelError(f"pack() got a latent of shape {tuple(latent.shape)} for a weight of shape {self.shape}.")
+    def _check_input(self, w_in: torch.Tensor) -> None:
+        if tuple(w_in.shape) != self.shape:
+            raise ModelError(f"pack() got an input of shape {tuple(w_in.shape)} for a weight of shape {self.shape}.")
 
 
 class ProductQuantized(_VQ):
@@ -190,9 +195,9 @@ class ProductQuantized(_VQ):
     def from_weight(cls, weight: torch.Tensor, subvector: int = 4, codewords: int = 256, *,
                     iters: int = 20, seed: int = 0, name: str = "layer") -> ProductQuantized:
         """Product-quantize ``weight`` with ``codewords`` (capped at ``out``) per sub-space."""
-        _check_weight(weight, name)
+        check_weight(weight, name)
         out, _, d, _ = layout(weight.shape, subvector)
-        k = min(_check_int(codewords, "codewords", 1, MAX_CODEWORDS), out)
+        k = min(_check_int(codewords, "codewords", CODEWORDS), out)
         cb, codes = kmeans_subspaces(subvectors(weight.detach(), d), k, iters, seed)
         return cls(cb, codes, weight.shape).to(weight.device)
 
@@ -200,9 +205,12 @@ class ProductQuantized(_VQ):
         return self._finish(_gather(self.codebooks, self.codes), w)
 
     @torch.no_grad()
-    def pack(self, latent: torch.Tensor | None = None) -> dict:
-        """The "pq" stored form of packed.md (``codes`` uint8 when ``K <= 256``, else uint16)."""
-        self._check_latent(latent)
+    def pack(self, w_in: torch.Tensor) -> dict:
+        """The "pq" packed form (:mod:`torchshrink.forms.pq`; ``codes`` uint8 when ``K <= 256``, else uint16).
+
+        The output depends on codebooks and codes only; ``w_in``'s shape must match.
+        """
+        self._check_input(w_in)
         cb = self.codebooks.detach().to("cpu", torch.float32).numpy().copy()
         return {"form": "pq", "shape": list(self.shape), "codebooks": cb,
                 "codes": self.codes.cpu().numpy().astype(index_dtype(cb.shape[1])),
@@ -213,81 +221,20 @@ class ProductQuantized(_VQ):
         return f"shape={self.shape}, subspaces={S}, codewords={K}, subvector={d}, pad={self.pad}"
 
 
-class ResidualQuantized(_VQ):
-    """``w ↦ stage_0 + stage_1 + ...`` (float32, in stage order): residual quantization.
-
-    Attributes:
-        codebooks: trainable float32 ``[T, S, K, d]`` (``T`` stages).
-        codes: int64 buffer ``[T, out, S]``.
-    """
-
-    def __init__(self, codebooks: torch.Tensor, codes: torch.Tensor, shape: Sequence[int]) -> None:
-        super().__init__()
-        T, S, K, d = codebooks.shape
-        self._setup(shape, d, S)
-        if tuple(codes.shape) != (T, self.shape[0], S) or self.pad < 0 or self.pad >= d:
-            raise ModelError(
-                f"codebooks {tuple(codebooks.shape)} and codes {tuple(codes.shape)} do not fit shape {self.shape}."
-            )
-        self.codebooks = nn.Parameter(codebooks.detach().to(torch.float32).clone())
-        self.register_buffer("codes", codes.to(torch.int64).clone())
-
-    @classmethod
-    @torch.no_grad()
-    def from_weight(cls, weight: torch.Tensor, stages: int = 2, codewords: int = 256, subvector: int | None = None,
-                    *, iters: int = 20, seed: int = 0, name: str = "layer") -> ResidualQuantized:
-        """Quantize ``weight`` in ``stages`` rounds, each on the float32 residual of the previous ones."""
-        _check_weight(weight, name)
-        stages = _check_int(stages, "stages", 1, 64)
-        out, _, d, _ = layout(weight.shape, subvector)
-        k = min(_check_int(codewords, "codewords", 1, MAX_CODEWORDS), out)
-        target = subvectors(weight.detach().to(torch.float32), d)  # [S, out, d]
-        residual, decoded = target, None
-        books, all_codes = [], []
-        for t in range(stages):
-            cb, codes = kmeans_subspaces(residual, k, iters, seed + t)
-            part = _gather(cb, codes).transpose(0, 1)
-            decoded = part if decoded is None else decoded + part  # forward's order of additions
-            residual = target - decoded
-            books.append(cb)
-            all_codes.append(codes)
-        return cls(torch.stack(books), torch.stack(all_codes), weight.shape).to(weight.device)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        total = _gather(self.codebooks[0], self.codes[0])
-        for t in range(1, self.codebooks.shape[0]):
-            total = total + _gather(self.codebooks[t], self.codes[t])
-        return self._finish(total, w)
-
-    @torch.no_grad()
-    def pack(self, latent: torch.Tensor | None = None) -> dict:
-        """The "rq" stored form of packed.md: one ``{"codebooks", "codes"}`` per stage, in order."""
-        self._check_latent(latent)
-        cb = self.codebooks.detach().to("cpu", torch.float32).numpy()
-        dt = index_dtype(cb.shape[2])
-        return {"form": "rq", "shape": list(self.shape),
-                "stages": [{"codebooks": cb[t].copy(), "codes": self.codes[t].cpu().numpy().astype(dt)}
-                           for t in range(cb.shape[0])],
-                "subvector": self.subvector, "pad": self.pad}
-
-    def extra_repr(self) -> str:
-        T, S, K, d = self.codebooks.shape
-        return f"shape={self.shape}, stages={T}, subspaces={S}, codewords={K}, subvector={d}, pad={self.pad}"
-
-
-def _check_weight(weight: torch.Tensor, name: str) -> None:
+def check_weight(weight: torch.Tensor, name: str) -> None:
     if weight.dim() < 2:
         raise ModelError(f"layer {name!r} has a {weight.dim()}-d weight; vector quantization needs [out, in...]")
     if not bool(torch.isfinite(weight).all()):
         raise ModelError(f"layer {name!r} has NaN or infinite weights; fix or retrain it before quantizing")
 
 
-def _attach_all(model: nn.Module, layers, exclude, build) -> nn.Module:
+def attach_all(model: nn.Module, layers, exclude, build) -> nn.Module:
+    """Attach ``build(weight, name)`` to every selected layer (none already quantized); freeze the latent."""
     chosen = select_layers(model, layers, exclude)
     for name, layer in chosen:
-        if stored_transform(layer) is not None:
+        if packer(layer) is not None:
             raise ModelError(f"layer {name!r} is already quantized; build the model again to quantize it differently")
-        _check_weight(layer.weight, name)
+        check_weight(layer.weight, name)
     for name, layer in chosen:
         attach(layer, build(layer.weight, name))
         original(layer).requires_grad_(False)
@@ -302,25 +249,13 @@ def product_quantize(model: nn.Module, subvector: int = 4, codewords: int = 256,
     ``subvector`` is ``d``; ``codewords`` is ``K`` per sub-space (capped at the layer's
     number of rows). The latent weight is frozen; the codebooks are trainable.
     """
-    _check_int(subvector, "subvector", 1, 1 << 31)
-    _check_int(codewords, "codewords", 1, MAX_CODEWORDS)
-    return _attach_all(model, layers, exclude, lambda w, name: ProductQuantized.from_weight(
+    _check_int(subvector, "subvector", SUBVECTOR)
+    _check_int(codewords, "codewords", CODEWORDS)
+    return attach_all(model, layers, exclude, lambda w, name: ProductQuantized.from_weight(
         w, subvector, codewords, iters=iters, seed=seed, name=name))
 
 
-def residual_quantize(model: nn.Module, stages: int = 2, codewords: int = 256, subvector: int | None = None, *,
-                      layers: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
-                      iters: int = 20, seed: int = 0) -> nn.Module:
-    """Attach :class:`ResidualQuantized` (``stages`` rounds; ``subvector=None`` = whole rows)."""
-    _check_int(stages, "stages", 1, 64)
-    _check_int(codewords, "codewords", 1, MAX_CODEWORDS)
-    if subvector is not None:
-        _check_int(subvector, "subvector", 1, 1 << 31)
-    return _attach_all(model, layers, exclude, lambda w, name: ResidualQuantized.from_weight(
-        w, stages, codewords, subvector, iters=iters, seed=seed, name=name))
-
-
-def _storage_bits(m: int, n: int, d: int, k: int) -> float:
+def storage_bits(m: int, n: int, d: int, k: int) -> float:
     """Bits of one PQ layer: float32 codebooks ``k * S * d`` plus ``m * S`` codes of ``log2 k`` bits."""
     if min(m, n, d, k) <= 0:
         raise ModelError("compression rates need m, n, d and k > 0.")
@@ -336,17 +271,22 @@ def compression_rate_pq(m: int, n: int, d: int, k: int) -> float:
     ``rate = 32 m n / (32 k n + log2(k) m n / d)``. When ``d`` does not divide ``n`` the
     padded width ``S d`` (``S = ceil(n/d)``) replaces ``n`` in the denominator.
     """
-    return 32.0 * m * n / _storage_bits(m, n, d, k)
+    return 32.0 * m * n / storage_bits(m, n, d, k)
 
 
-def compression_rate_rq(m: int, n: int, k: int, stages: int, d: int | None = None) -> float:
-    """Compression rate of ``stages``-stage RQ on an ``m x n`` float32 matrix (Gong et al. 2014 §3.3.2).
+# ---------------------------------------------------------------- the recipe stage
+class PQSpec(LayerStage):
+    """Gong et al. 2014 §3.2: product quantization along the input dimension."""
 
-    Every stage stores its own codebooks and codes; with whole rows (``d = n``, Gong's
-    setting) a stage costs ``32 k n + log2(k) m`` bits:
-    ``rate = 32 m n / (t (32 k n + log2(k) m))``. With sub-vectors of length ``d`` each
-    stage costs what PQ does (:func:`compression_rate_pq`).
-    """
-    if stages <= 0:
-        raise ModelError("compression_rate_rq needs stages > 0.")
-    return 32.0 * m * n / (stages * _storage_bits(m, n, n if d is None else d, k))
+    technique: Literal["pq"]
+    subvector: int = SUBVECTOR.field(4, description="sub-vector length d")
+    codewords: int = Interval(int, 2, MAX_CODEWORDS).field(256, description="codewords K per sub-space")
+
+
+def _apply(ctx: Any, spec: PQSpec, finetune: Any) -> Step:
+    product_quantize(ctx.model, subvector=spec.subvector, codewords=spec.codewords, layers=spec.layers,
+                     exclude=spec.exclude)
+    return Step()
+
+
+TECHNIQUE = Technique("pq", PQSpec, _apply)

@@ -6,7 +6,9 @@
 * :mod:`~torchshrink.runtime.pq` -- product-quantized layers run by lookup tables
   (Q-CNN, Wu et al. 2016): :class:`PQWeight` and :func:`pq_matmul`.
 
-Each kernel has a plain-PyTorch reference twin (``reference_*``: decode, then
+Kernel weights are built from packed values only (``from_packed``; the techniques make
+those), and the runtime modules (:mod:`~torchshrink.runtime.modules`) run any kernel
+weight. Each kernel has a plain-PyTorch reference twin (``reference_*``: decode, then
 ``F.linear``) that the tests compare against. Kernels are numba ``@njit(parallel=True)``
 functions compiled on first use and cached on disk; they use at most as many threads as
 the process has CPUs (see :mod:`torchshrink.runtime._common` on sharing cores with

@@ -66,22 +66,6 @@ def check_int(value: Any, name: str, owner: str, low: int, high: int) -> int:
     return int(value)
 
 
-def weight_array(weight: Any, owner: str) -> np.ndarray:
-    """A finite 2-D float32 numpy copy of a tensor/array weight (out x in)."""
-    if isinstance(weight, torch.Tensor):
-        weight = weight.detach().cpu().numpy()
-    arr = np.asarray(weight)
-    if arr.ndim != 2 or arr.dtype.kind not in "fiu" or 0 in arr.shape:
-        raise ModelError(
-            f"{owner} expects a real, non-empty 2-D weight (out_features x in_features). "
-            f"Got shape {tuple(arr.shape)} and dtype {arr.dtype}."
-        )
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ModelError(f"{owner} got a weight with NaN or infinite values; clean the weight first.")
-    return arr
-
-
 def input_matrix(
     x: Any, in_features: int, weight_shape: tuple[int, int], owner: str
 ) -> tuple[np.ndarray, tuple, torch.dtype]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError
 from . import _pq_kernels as kern
-from ._common import check_int, input_matrix, output_tensor, run_kernel, weight_array
+from ._common import check_int, input_matrix, output_tensor, run_kernel
 
 MAX_CODEWORDS = 256
 _OWNER = "PQWeight"
@@ -99,35 +99,22 @@ class PQWeight:
         return self.codebooks_t.nbytes + self.codes_t.nbytes
 
     @classmethod
-    def from_dense(
-        cls,
-        weight: torch.Tensor | np.ndarray,
-        subvector: int,
-        codewords: int = MAX_CODEWORDS,
-        seed: int = 0,
-        iterations: int = 8,
-    ) -> PQWeight:
-        """Product-quantize ``weight`` with ``iterations`` Lloyd steps of k-means per sub-space.
+    def from_packed(cls, packed: dict) -> PQWeight | None:
+        """The kernel layout of a ``pq`` packed value, or None when the kernels cannot run it (K > 256)."""
+        cb = np.asarray(packed["codebooks"], np.float32)
+        if cb.shape[1] > MAX_CODEWORDS:
+            return None
+        shape = [int(s) for s in packed["shape"]]
+        return cls(cb, np.asarray(packed["codes"]), in_features=int(np.prod(shape[1:])))
 
-        Initial centroids are ``codewords`` rows drawn with ``numpy.random.default_rng(seed)``
-        (without replacement when there are enough rows). This is a quick trainer for the
-        runtime; Q-CNN's response-error training belongs to ``torchshrink.quantize``.
-        """
-        subvector = check_int(subvector, "subvector", _OWNER, 1, 1 << 16)
-        codewords = check_int(codewords, "codewords", _OWNER, 1, MAX_CODEWORDS)
-        iterations = check_int(iterations, "iterations", _OWNER, 0, 1000)
-        w = weight_array(weight, _OWNER)
-        out_f, in_f = w.shape
-        n_sub = -(-in_f // subvector)
-        padded = np.zeros((out_f, n_sub * subvector), np.float32)
-        padded[:, :in_f] = w
-        sub = np.ascontiguousarray(padded.reshape(out_f, n_sub, subvector).transpose(1, 0, 2))
-        rng = np.random.default_rng(seed)
-        init = np.stack([rng.choice(out_f, codewords, replace=out_f < codewords) for _ in range(n_sub)])
-        centroids = np.ascontiguousarray(sub[np.arange(n_sub)[:, None], init])
-        codes = np.empty((n_sub, out_f), np.uint8)
-        kern.pq_kmeans(sub, centroids, iterations, codes)
-        return cls(centroids, codes.T, in_features=in_f)
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W_hat.T + bias`` (:func:`pq_matmul`)."""
+        return pq_matmul(x, self, bias)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weight data a call reads."""
+        return self.nbytes
 
     def to_dense(self) -> np.ndarray:
         """Decode to ``W_hat`` (out x in_features), float32."""

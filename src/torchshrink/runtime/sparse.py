@@ -41,7 +41,7 @@ from numba import njit
 
 from ..errors import ModelError
 from . import _sparse_kernels as kern
-from ._common import check_int, input_matrix, output_tensor, run_kernel, weight_array
+from ._common import check_int, input_matrix, output_tensor, run_kernel
 
 #: Cost of one visited nonzero in the column (scalar scatter) kernel relative to one
 #: row-chunk entry (vector gather); measured 2.0-2.7 on the benchmark machine (1 and 2
@@ -61,28 +61,6 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def linear_codebook(values: np.ndarray, bits: int) -> np.ndarray:
-    """``2**bits - 1`` evenly spaced levels over ``[min, max]`` of ``values``, zero and repeats dropped.
-
-    Deep Compression's linear initialization (§3.1, Fig. 4) without the k-means
-    refinement. A level that falls exactly on 0.0 is dropped so that zero stays the
-    pruned weight, never a shared value.
-    """
-    if values.size == 0:
-        return np.zeros(0, np.float32)
-    levels = np.linspace(values.min(), values.max(), (1 << bits) - 1, dtype=np.float64).astype(np.float32)
-    levels = np.unique(levels)
-    return levels[levels != 0]
-
-
-def nearest_code(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
-    """Index of the nearest codebook entry for every value (ties go to the smaller entry)."""
-    order = np.argsort(codebook, kind="stable")
-    sorted_cb = codebook[order].astype(np.float64)
-    mids = (sorted_cb[1:] + sorted_cb[:-1]) / 2
-    return order[np.searchsorted(mids, values.astype(np.float64), side="left")].astype(np.uint8)
-
-
 @njit(cache=True)
 def _active_nonzeros(x, col_ptr):
     total = 0
@@ -96,7 +74,8 @@ def _active_nonzeros(x, col_ptr):
 class SparseSharedWeight:
     """A pruned, weight-shared ``out x in`` matrix in the two kernel layouts.
 
-    Build it with :meth:`from_dense` or :meth:`from_csr`. All arrays are read-only.
+    Build it with :meth:`from_packed` (a ``shared`` packed value, as k-means weight sharing
+    makes it) or :meth:`from_csr`. All arrays are read-only.
     ``chunk_*`` is the row-chunk layout, ``col_*`` the EIE column layout (see module doc).
     """
 
@@ -135,28 +114,20 @@ class SparseSharedWeight:
         return self.nbytes_rows + self.nbytes_cols - self.codebook.nbytes
 
     @classmethod
-    def from_dense(
-        cls, weight: torch.Tensor | np.ndarray, bits: int = 4, codebook: np.ndarray | None = None
-    ) -> SparseSharedWeight:
-        """Share the nonzeros of ``weight`` through a codebook (nearest entry per weight).
-
-        Zeros stay pruned. Without ``codebook``, a linear codebook of ``2**bits - 1``
-        levels over the nonzeros' ``[min, max]`` is used (:func:`linear_codebook`); a
-        given codebook (e.g. from k-means) must have at most ``2**bits`` finite,
-        nonzero entries.
-        """
-        bits = check_int(bits, "bits", _OWNER, 1, MAX_BITS)
-        w = weight_array(weight, _OWNER)
-        rows, cols = np.nonzero(w)
-        values = w[rows, cols]
-        if codebook is None:
-            cb = linear_codebook(values, bits)
-        else:
-            cb = _check_codebook(codebook, bits)
-        if values.size and cb.size == 0:
-            raise ModelError(f"{_OWNER}: the codebook is empty but the weight has {values.size} nonzeros.")
-        codes = nearest_code(values, cb) if values.size else np.zeros(0, np.uint8)
-        return cls._build(w.shape, rows, cols, codes, cb, bits)
+    def from_packed(cls, packed: dict) -> SparseSharedWeight | None:
+        """The kernel layouts of a ``shared`` packed value (``codebook[0] == 0``: index 0 is a
+        pruned zero), or None when the kernels cannot run it (more than 256 nonzero levels)."""
+        table = np.asarray(packed["codebook"], np.float32)
+        if table.size - 1 > 256 or table.size < 2:
+            return None  # the kernels hold codes in uint8
+        shape = [int(s) for s in packed["shape"]]
+        rows, cols = shape[0], int(np.prod(shape[1:]))
+        idx = np.asarray(packed["indices"]).reshape(rows, cols).astype(np.int64)
+        r, c = np.nonzero(idx)
+        indptr = np.zeros(rows + 1, np.int64)
+        np.cumsum(np.bincount(r, minlength=rows), out=indptr[1:])
+        bits = max(1, int(np.ceil(np.log2(table.size - 1))) if table.size > 2 else 1)
+        return cls.from_csr((rows, cols), indptr, c, idx[r, c] - 1, table[1:], bits=bits)
 
     @classmethod
     def from_csr(
@@ -231,6 +202,15 @@ class SparseSharedWeight:
             col_row=_frozen(rows[order].astype(_index_dtype(out_f - 1))),
             col_code=_frozen(codes[order].astype(np.uint8)),
         )
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T + bias`` (:func:`sparse_shared_matmul`)."""
+        return sparse_shared_matmul(x, self, bias)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weight data a call reads (the row-chunk layout)."""
+        return self.nbytes_rows
 
     def to_dense(self) -> np.ndarray:
         """Decode to the dense float32 ``out x in`` matrix (for references and export)."""

@@ -12,15 +12,19 @@ zero, so they remain the smallest and stay masked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..errors import ModelError
-from ..selection import select_layers
-from ..train import Callback, TrainContext
-from .magnitude import SparsitySpec, per_layer, sparsity_mask
+from ..core.params import FRACTION, POSITIVE_INT, check
+from ..core.select import per_layer, select_layers
+from ..core.technique import LayerStage, Step, Technique
+from ..errors import ModelError, RecipeError
+from ..train import Callback, TrainConfig, TrainContext
+from .magnitude import SparsitySpec, fraction, sparsity_mask
 from .masks import broadcast_masks, ensure_mask, mask_of, set_mask
 
 
@@ -60,8 +64,7 @@ class AGP(Callback):
         layers: Sequence[str] | str | None = None,
         exclude: Sequence[str] | str | None = None,
     ) -> None:
-        if frequency < 1:
-            raise ModelError(f"The 'frequency' parameter must be an int >= 1. Got {frequency!r} instead.")
+        check(frequency, "frequency", "AGP", POSITIVE_INT)
         if not 0 <= start_epoch < end_epoch:
             raise ModelError(
                 f"AGP needs 0 <= start_epoch < end_epoch. Got start_epoch={start_epoch}, end_epoch={end_epoch}."
@@ -69,14 +72,14 @@ class AGP(Callback):
         self.sparsity, self.initial = sparsity, initial_sparsity
         self.start_epoch, self.end_epoch, self.frequency = start_epoch, end_epoch, frequency
         self.layers, self.exclude = layers, exclude
-        self.trace: list[tuple[int, float]] = []
 
     def attach(self, model: nn.Module) -> None:
         """Attach all-ones masks to the selected layers (structure only, idempotent)."""
-        self._layers = select_layers(model, self.layers, self.exclude)
-        for name, layer in self._layers:
-            if per_layer(self.sparsity, name) is not None:
-                ensure_mask(layer)
+        chosen = select_layers(model, self.layers, self.exclude)
+        self._final = per_layer(self.sparsity, [n for n, _ in chosen], "sparsity", fraction)
+        self._layers = [(n, layer) for n, layer in chosen if n in self._final]
+        for _, layer in self._layers:
+            ensure_mask(layer)
 
     def on_train_begin(self, ctx: TrainContext) -> None:
         self.attach(ctx.model)
@@ -95,20 +98,32 @@ class AGP(Callback):
             return
         with torch.no_grad():
             for name, layer in self._layers:
-                final = per_layer(self.sparsity, name)
-                if final is None:
-                    continue
-                s = self.target(t, final)
+                s = self.target(t, self._final[name])
                 set_mask(layer, sparsity_mask(layer.weight, s, mask_of(layer).mask))
         broadcast_masks(ctx.model)
-        self.trace.append((t, self.target(t, self._reference_final())))
 
-    def _reference_final(self) -> float:
-        if isinstance(self.sparsity, Mapping):
-            return max(float(v) for v in self.sparsity.values())
-        return float(self.sparsity)
 
-    def schedule(self, total_steps: int) -> tuple[list[int], list[float]]:
-        """The planned (step, sparsity) curve of the reference layer, for plots."""
-        steps = list(range(0, total_steps + 1, max(1, self.frequency)))
-        return steps, [self.target(t, self._reference_final()) for t in steps]
+# ---------------------------------------------------------------- the recipe stage
+Sparsity = FRACTION.type
+
+
+class AGPSpec(LayerStage):
+    """Zhu & Gupta 2017: gradual pruning with the cubic schedule."""
+
+    technique: Literal["agp"]
+    sparsity: Sparsity | dict[str, Sparsity] = Field(..., description="final sparsity s_f, per layer")
+    initial_sparsity: Sparsity = Field(0.0, description="s_i")
+    start_epoch: float = Field(0.0, ge=0, description="t0, in epochs")
+    end_epoch: float = Field(..., gt=0, description="t0 + nΔt, in epochs")
+    frequency: int = POSITIVE_INT.field(10, description="steps between mask updates (Δt)")
+
+
+def _apply(ctx: Any, spec: AGPSpec, finetune: TrainConfig) -> Step:
+    if spec.end_epoch > finetune.epochs:
+        raise RecipeError(f"end_epoch ({spec.end_epoch}) is after the last finetune epoch ({finetune.epochs})")
+    return Step(callbacks=[AGP(spec.sparsity, initial_sparsity=spec.initial_sparsity, start_epoch=spec.start_epoch,
+                               end_epoch=spec.end_epoch, frequency=spec.frequency, layers=spec.layers,
+                               exclude=spec.exclude)])
+
+
+TECHNIQUE = Technique("agp", AGPSpec, _apply)

@@ -20,14 +20,21 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .selection import unwrap
+from .select import unwrap
 
 
 class WeightTransform(nn.Module):
     """Base class for torchshrink parametrizations.
 
-    Subclasses implement ``forward(original) -> effective weight``. They must not change
-    the shape of the weight.
+    Subclasses implement ``forward(w_in) -> effective weight``; they must not change the
+    shape of the weight. A transform that changes how the weight is *stored* (shared
+    codebooks, PQ codes, ternary codes, ...) also implements ``pack(w_in) -> dict``, the
+    packed form (see :mod:`torchshrink.forms`) of exactly what its ``forward(w_in)``
+    returns, where ``w_in`` is the transform's own input: the output of the transforms
+    before it in the chain (so a ternary code attached after a pruning mask packs the
+    masked weight, never the latent one). When several transforms of a chain can pack,
+    the last one packs (:func:`packer`); transforms after it must leave its values as
+    they are, which saving checks bit for bit.
     """
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -65,6 +72,28 @@ def find(layer: nn.Module, cls: type[WeightTransform], tensor_name: str = "weigh
         if isinstance(t, cls):
             return t
     return None
+
+
+def can_pack(transform: nn.Module) -> bool:
+    """True when ``transform`` has a packed stored form (a ``pack`` method)."""
+    return callable(getattr(transform, "pack", None))
+
+
+@torch.no_grad()
+def packer(layer: nn.Module, tensor_name: str = "weight") -> tuple[WeightTransform, torch.Tensor] | None:
+    """The transform that packs ``layer.<tensor_name>`` (the last one with ``pack``) and its input.
+
+    The input is the chain's original tensor run through every transform before it.
+    """
+    if not parametrize.is_parametrized(layer, tensor_name):
+        return None
+    plist = layer.parametrizations[tensor_name]
+    w, found = plist.original, None
+    for t in plist:
+        if can_pack(t):
+            found = (t, w)
+        w = t(w)
+    return found
 
 
 def iter_transforms(

@@ -1,0 +1,45 @@
+"""``dense``: the tensor's values as they are (fp32 / fp16 floats, any other dtype raw)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..format.errors import TskFormatError
+from ..format.codecs import RAW_DTYPES
+from ..format.streams import Encoded, Options, Stream, float_stream
+from .base import Form, Plain, StreamReader
+
+
+def encode_raw(arr: np.ndarray, dtype_name: str) -> Stream:
+    """Any dtype as its little-endian bytes; meta ``{"codec": "raw", "dtype", "shape"}``."""
+    arr = np.asarray(arr, order="C")
+    data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    return Stream("data", data, {"codec": "raw", "dtype": dtype_name, "shape": list(arr.shape)}, 8 * arr.itemsize)
+
+
+class Dense(Form):
+    """One ``data`` stream: ``dense`` floats (``fp16`` only when forced: lossy) or ``raw`` bytes."""
+
+    name = "dense"
+    selected_by = ("dense", "fp16")
+    dtypes = tuple(RAW_DTYPES)
+    ROLES = {"data": ("dense", "raw")}
+
+    def encode(self, value: Plain, plan: Any, opts: Options) -> Encoded:
+        x, dtype = value.values, value.dtype
+        if dtype not in ("float32", "float16"):
+            return Encoded("dense", f"raw:{dtype}", streams=[encode_raw(x, dtype)])
+        if opts.codec == "fp16":
+            return Encoded("dense", "dense:fp16", streams=[float_stream("data", x, "float16")])
+        label = "dense" if dtype == "float32" else f"dense:{dtype}"
+        return Encoded("dense", label, streams=[float_stream("data", x)])
+
+    def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> np.ndarray:
+        arr = read("data", rec["shape"])
+        meta = rec["streams"]["data"]["meta"]
+        if meta["codec"] == "raw" and meta["dtype"] != rec["dtype"]:
+            raise TskFormatError(f"raw dtype differs from the record's {rec['dtype']!r}.")
+        return arr
