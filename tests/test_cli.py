@@ -118,6 +118,20 @@ def test_bad_recipe_is_one_clear_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(("sets", "message"), [
+    (["stages.0.sparsity={fcc1: 0.9}"], "'sparsity' has the key 'fcc1', which matches no layer; layers are: fc1, fc2, fc3"),
+    (["stages.0={technique: kmeans, bits: {'9': 2}, finetune: {epochs: 0}}"],
+     "'bits' has the key '9', which matches no layer; layers are: fc1, fc2, fc3"),
+])
+def test_a_per_layer_key_that_matches_no_layer_is_one_clear_line(tmp_path, sets, message):
+    args = [a for s in ["baseline.train.epochs=1", *sets] for a in ("--set", s)]
+    proc = cli("run", "default", "--out", str(tmp_path / "o"), "--no-progress", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not (tmp_path / "o" / "model.tsk").exists()
+
+
 def test_sensitivity_inspect_and_eval(tiny, tmp_path):
     out = tmp_path / "sens"
     proc = cli("sensitivity", str(tiny), "--out", str(out), "--sparsities", "0,0.5,0.9", "--no-progress")

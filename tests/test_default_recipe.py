@@ -55,3 +55,32 @@ def test_deep_compression_recipes_are_30x_smaller_within_half_a_point(name, tmp_
     assert rep["size"]["ratio"] >= 30
     assert rep["baseline"]["accuracy"] - rep["result"]["accuracy"] <= 0.005
     assert rep["size"]["roundtrip_exact"] is True
+
+
+def test_gong2014_vq_rows_are_measured_per_method(tmp_path):
+    """Every method row of the comparison: its own file, bytes, ratio, accuracy and parameters."""
+    from torchshrink.data import load_data
+    from torchshrink.factorize import low_rank_params
+    from torchshrink.format import load
+    from torchshrink.train import evaluate
+
+    res = run_recipe(load_recipe("gong2014_vq", ["baseline.train.epochs=3"]), tmp_path, progress=False,
+                     console=Console(file=io.StringIO()))
+    rep = res.report
+    rows = {r["method"]: r for r in rep["methods"]}
+    assert list(rows) == ["kmeans-2bit", "pq-d8-k8", "rq-2x4", "svd-rank4"]
+    dense = rep["size"]["dense_bytes"]
+    data = load_data("digits")
+    for label, row in rows.items():
+        path = tmp_path / "compare" / f"{label}.tsk"
+        assert row["file_bytes"] == path.stat().st_size > 0
+        assert row["ratio"] == pytest.approx(dense / row["file_bytes"], rel=1e-12)
+        assert row["accuracy"] == evaluate(load(path, dense=True), data.test)["accuracy"]
+        assert row["accuracy"] > 0.1
+    weights = 64 * 300 + 300 * 100 + 100 * 10
+    assert rows["kmeans-2bit"]["file_bytes"] >= weights * 2 // 8  # 2-bit codes at least
+    assert rows["kmeans-2bit"]["ratio"] > 12
+    assert rows["pq-d8-k8"]["ratio"] > 5 and rows["rq-2x4"]["ratio"] > 5
+    assert rows["svd-rank4"]["params"] == sum(low_rank_params(m, n, 4) for m, n in ((300, 64), (100, 300), (10, 100)))
+    assert rows["kmeans-2bit"]["params"] == rep["baseline"]["params"]  # quantization keeps the architecture
+    assert rep["result"]["accuracy"] == rep["baseline"]["accuracy"]  # the main model is left as it was
