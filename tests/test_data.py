@@ -147,7 +147,7 @@ def test_unknown_name_lists_allowed_names():
 
 @pytest.mark.parametrize("kwargs", [{"limit": 0}, {"limit": 2.5}, {"split_seed": -1}])
 def test_bad_arguments(kwargs):
-    with pytest.raises(DataError, match="parameter must be"):
+    with pytest.raises(DataError, match=f"The '{next(iter(kwargs))}' parameter of load_data must be an int"):
         load_data("digits", **kwargs)
 
 

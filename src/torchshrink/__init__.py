@@ -17,8 +17,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"data", "factorize", "format", "measure", "models", "pipeline", "prune", "quantize", "recipe",
-               "report", "selection", "sensitivity", "train", "transforms", "weights"}
+_SUBMODULES = {"core", "data", "factorize", "format", "forms", "measure", "models", "pipeline", "prune", "quantize",
+               "recipe", "report", "runtime", "sensitivity", "surgery", "techniques", "train", "weights"}
 _ATTRS = {
     "fit": ("train", "fit"),
     "evaluate": ("train", "evaluate"),
@@ -26,7 +26,7 @@ _ATTRS = {
     "Callback": ("train", "Callback"),
     "load_recipe": ("recipe", "load_recipe"),
     "run_recipe": ("pipeline", "run_recipe"),
-    "bake": ("transforms", "bake"),
+    "bake": ("core.transform", "bake"),
     "save": ("format", "save"),
     "load": ("format", "load"),
     "TorchshrinkError": ("errors", "TorchshrinkError"),

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .core.params import Interval, check
 from .core.select import tensor_key, unwrap, weight_layers
 from .core.transform import effective_state_dict
 
@@ -174,8 +175,7 @@ def latency_ms(
     _check_int("batch_size", batch_size, 1)
     _check_int("repeats", repeats, 1)
     _check_int("warmup", warmup, 0)
-    if not isinstance(max_seconds, numbers.Real) or not max_seconds > 0:
-        raise ModelError(f"The 'max_seconds' parameter must be a positive number. Got {max_seconds!r}.")
+    check(max_seconds, "max_seconds", None, Interval(float, 0.0, None, "neither"))
     device, dtype = _device_dtype(model)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch_size, *shape), generator=gen).to(device=device, dtype=dtype)
@@ -309,8 +309,7 @@ def _check_shape(input_shape: object) -> tuple[int, ...]:
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ModelError(f"The '{name}' parameter must be an int >= {minimum}. Got {value!r}.")
+    check(value, name, None, Interval(int, minimum, None))
 
 
 # ---------------------------------------------------------------- energy (EIE / Horowitz)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.params import NON_NEGATIVE_INT, POSITIVE_INT, check
 from ..errors import DataError
 from .bundle import DataBundle
 from .cifar import load_cifar10_bundle
@@ -49,10 +50,9 @@ def load_data(
     if not isinstance(name, str) or name not in _DATASETS:
         allowed = ", ".join(list_datasets())
         raise DataError(f"Unknown data set {name!r}; available data sets: {allowed}.")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise DataError(f"The 'limit' parameter must be a positive int or None. Got {limit!r}.")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        raise DataError(f"The 'split_seed' parameter must be an int >= 0. Got {split_seed!r}.")
+    if limit is not None:
+        check(limit, "limit", "load_data", POSITIVE_INT, error=DataError)
+    check(split_seed, "split_seed", "load_data", NON_NEGATIVE_INT, error=DataError)
     directory = default_root() if root is None else Path(root).expanduser()
     if name == "digits":
         return load_digits_bundle(split_seed, limit)

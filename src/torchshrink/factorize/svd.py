@@ -193,6 +193,7 @@ class SVDSpec(LayerStage):
     """Low-rank factorization of linear layers by truncated SVD (the baseline of Gong et al.)."""
 
     technique: Literal["svd"]
+    layers: list[str] | None = Field(None, description="layer name patterns; default: every nn.Linear")
     rank: (Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)]
            | dict[str, Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)]])
 

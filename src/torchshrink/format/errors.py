@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.params import Interval, check
 from ..errors import TskFormatError
 
 #: Integer dtypes a codec may be asked to restore on decode (numpy names).
@@ -24,9 +25,7 @@ MAX_ELEMENTS = 1 << 40
 
 def check_int(value: Any, name: str, low: int, high: int) -> int:
     """Return ``value`` as an int if it is an integer in ``[low, high]``, else raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise TskFormatError(f"The '{name}' parameter must be an int in [{low}, {high}]. Got {value!r}.")
-    return int(value)
+    return check(value, name, None, Interval(int, low, high), error=TskFormatError)
 
 
 def as_buffer(data: Any) -> np.ndarray:

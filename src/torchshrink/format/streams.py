@@ -24,9 +24,6 @@ from .huffman import code_lengths_from_counts, encode_huffman
 #: Codecs an int stream and a float stream may be written with.
 INT_CODECS = ("bitpack", "huffman")
 FLOAT_CODECS = ("dense",)
-#: Codec names a caller may force per tensor (``save(..., codecs={pattern: name})``); each
-#: form says which of them select it (:attr:`torchshrink.forms.base.Form.selected_by`).
-CODECS = ("auto", "dense", "fp16", "sparse", "bitpack")
 #: Gap widths tried for relative-index sparse streams when none is given (Deep
 #: Compression uses 5 for FC and 8 for conv layers; both are in the range).
 INDEX_BITS = tuple(range(1, 13))

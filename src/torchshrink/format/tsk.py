@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..core.params import Interval, check
 from ..core.select import tensor_key, unwrap
 from ..core.transform import effective_state_dict, iter_transforms, packer
 from ..errors import ModelError, TorchshrinkError
@@ -48,7 +49,7 @@ from .codecs import RAW_DTYPES
 from .container import FORMAT_VERSION, crc32_hex, write_container
 from .errors import TskFormatError
 from .records import TskFile, read_tsk
-from .streams import CODECS, Encoded, Options
+from .streams import Encoded, Options
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,19 @@ def _pattern_map(value: Any, what: str, check: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def forced_codecs() -> tuple[str, ...]:
+    """The names ``save(codecs=...)`` accepts: ``"auto"`` and every name a registered form is selected by."""
+    return ("auto", *dict.fromkeys(c for f in forms.FORMS.values() for c in f.selected_by))
+
+
 def _check_codec(pattern: str, name: Any) -> None:
-    if name not in CODECS:
-        raise TskFormatError(f"The codec for {pattern!r} must be one of {list(CODECS)}. Got {name!r}.")
+    allowed = forced_codecs()
+    if name not in allowed:
+        raise TskFormatError(f"The codec for {pattern!r} must be one of {list(allowed)}. Got {name!r}.")
 
 
 def _check_bits(pattern: str, bits: Any) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-        raise TskFormatError(f"The 'index_bits' for {pattern!r} must be an int in [1, 16]. Got {bits!r}.")
+    check(bits, f"index_bits[{pattern}]", "save", Interval(int, 1, 16), error=TskFormatError)
 
 
 def _first(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
@@ -201,9 +207,10 @@ def _encode_tensor(name: str, t: torch.Tensor, pk: tuple[Any, torch.Tensor] | No
         if plan is not None and (best is None or plan[0] < best[0]):
             best = (plan[0], form, value, plan[1])
     if best is None:
+        usable = ["auto", *dict.fromkeys(c for f, _ in _candidates(plain, None, Options()) for c in f.selected_by)]
         raise TskFormatError(
             f"Codec {opts.codec!r} was forced for {name!r}, which has no packed form it applies to; "
-            "use 'auto', 'dense', 'fp16' or 'sparse'."
+            f"use one of {usable}."
         )
     _, form, value, plan = best
     return plan if isinstance(plan, Encoded) else form.encode(value, plan, opts)
@@ -235,8 +242,8 @@ def save(
             ``"auto"`` (smallest exact, the default), ``"dense"`` (own dtype), ``"fp16"``
             (lossy: rounds to half precision), ``"sparse"`` (relative-index; for a shared
             weight, sparse codebook indices) or ``"bitpack"`` (the transform's packed form
-            with bit-packed codes); each form says which names select it. Integer
-            tensors are always stored raw.
+            with dense codes, bit-packed or Huffman coded as ``huffman`` says); each form
+            says which names select it. Integer tensors are always stored raw.
         huffman: ``None`` Huffman-codes an integer stream when that is smaller,
             ``True`` always, ``False`` never.
         index_bits: gap width of relative-index sparse streams, one int or ``{pattern:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.params import Interval, check
 from ..errors import ModelError
 
 MAX_K = 1 << 16
@@ -30,9 +31,7 @@ INITS = ("linear", "density", "random")
 
 
 def _check_int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ModelError(f"The '{name}' parameter of kmeans1d must be an int in [{low}, {high}]. Got {value!r}.")
-    return int(value)
+    return check(value, name, "kmeans1d", Interval(int, low, high))
 
 
 def _sorted_data(x: Any) -> tuple[np.ndarray, np.ndarray]:

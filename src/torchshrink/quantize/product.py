@@ -53,7 +53,7 @@ ITERS = Interval(int, 0, 1 << 31)
 
 
 def _check_int(value: Any, name: str, constraint: Interval) -> int:
-    return check(value, name, None, constraint)
+    return check(value, name, "product_quantize", constraint)
 
 
 def layout(shape: Sequence[int], subvector: int | None) -> tuple[int, int, int, int]:

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core.params import Interval
+from ..core.params import Interval, check
 from ..core.technique import LayerStage, Step, Technique
 from ..errors import ModelError
 from .kmeans import index_dtype
-from .product import (CODEWORDS, MAX_CODEWORDS, SUBVECTOR, _check_int, _gather, _VQ, attach_all, check_weight,
+from .product import (CODEWORDS, MAX_CODEWORDS, SUBVECTOR, _gather, _VQ, attach_all, check_weight,
                       kmeans_subspaces, layout, storage_bits, subvectors)
 
 STAGES = Interval(int, 1, 64)
@@ -51,9 +51,9 @@ class ResidualQuantized(_VQ):
                     *, iters: int = 20, seed: int = 0, name: str = "layer") -> ResidualQuantized:
         """Quantize ``weight`` in ``stages`` rounds, each on the float32 residual of the previous ones."""
         check_weight(weight, name)
-        stages = _check_int(stages, "stages", STAGES)
+        stages = check(stages, "stages", "residual_quantize", STAGES)
         out, _, d, _ = layout(weight.shape, subvector)
-        k = min(_check_int(codewords, "codewords", CODEWORDS), out)
+        k = min(check(codewords, "codewords", "residual_quantize", CODEWORDS), out)
         target = subvectors(weight.detach().to(torch.float32), d)  # [S, out, d]
         residual, decoded = target, None
         books, all_codes = [], []
@@ -92,10 +92,10 @@ def residual_quantize(model: nn.Module, stages: int = 2, codewords: int = 256, s
                       layers: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
                       iters: int = 20, seed: int = 0) -> nn.Module:
     """Attach :class:`ResidualQuantized` (``stages`` rounds; ``subvector=None`` = whole rows)."""
-    _check_int(stages, "stages", STAGES)
-    _check_int(codewords, "codewords", CODEWORDS)
+    check(stages, "stages", "residual_quantize", STAGES)
+    check(codewords, "codewords", "residual_quantize", CODEWORDS)
     if subvector is not None:
-        _check_int(subvector, "subvector", SUBVECTOR)
+        check(subvector, "subvector", "residual_quantize", SUBVECTOR)
     return attach_all(model, layers, exclude, lambda w, name: ResidualQuantized.from_weight(
         w, stages, codewords, subvector, iters=iters, seed=seed, name=name))
 

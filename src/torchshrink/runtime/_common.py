@@ -23,6 +23,7 @@ import numba
 import numpy as np
 import torch
 
+from ..core.params import Interval, check
 from ..errors import ModelError
 
 
@@ -61,9 +62,7 @@ def run_kernel(kernel: Callable[..., Any], work: int, *args: Any) -> None:
 
 def check_int(value: Any, name: str, owner: str, low: int, high: int) -> int:
     """``value`` as an int in ``[low, high]``, or a :class:`ModelError` naming the fix."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ModelError(f"The '{name}' parameter of {owner} must be an int in [{low}, {high}]. Got {value!r}.")
-    return int(value)
+    return check(value, name, owner, Interval(int, low, high))
 
 
 def input_matrix(
