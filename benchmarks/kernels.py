@@ -6,7 +6,7 @@ size, the median latency of
 * ``dense``       -- ``torch.nn.functional.linear(x, W_hat)`` in float32,
 * ``csr``         -- ``torch.sparse_csr_tensor`` ``@`` the input (``W @ x`` for batch 1,
   ``W @ x.T`` with ``x.T`` made contiguous before timing for batches),
-* ``torchshrink`` -- :func:`torchshrink.runtime.sparse_shared_matmul` (4-bit codebook:
+* ``torchshrink`` -- :func:`torchshrink.runtime.shared_matmul` (4-bit codebook:
   k-means weight sharing, :class:`torchshrink.quantize.SharedWeights`),
 
 where ``W_hat`` is the decoded shared-weight matrix, so all three compute the same
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from torchshrink.quantize import ProductQuantized, SharedWeights
-from torchshrink.runtime import PQWeight, SparseSharedWeight, pq_matmul, sparse_shared_matmul
+from torchshrink.runtime import PQKernel, SharedWeightsKernel, pq_matmul, shared_matmul
 from torchshrink.runtime._common import available_cores
 
 SHAPES = [(1000, 4096), (4096, 4096), (4096, 9216)]
@@ -70,20 +70,20 @@ def make_input(batch: int, n: int, density: float, gen: torch.Generator) -> torc
     return x * (torch.rand(batch, n, generator=gen) < density)
 
 
-def shared_weight(weight: torch.Tensor, bits: int) -> SparseSharedWeight:
+def shared_weight(weight: torch.Tensor, bits: int) -> SharedWeightsKernel:
     """The kernel layout of ``weight`` shared by k-means into ``2**bits - 1`` levels (zeros stay pruned)."""
-    w = SparseSharedWeight.from_packed(SharedWeights.from_weight(weight, bits).pack(weight))
+    w = SharedWeightsKernel.from_packed(SharedWeights.from_weight(weight, bits).pack(weight))
     if w is None:
-        raise SystemExit(f"SparseSharedWeight.from_packed cannot run a {bits}-bit shared weight")
+        raise SystemExit(f"SharedWeightsKernel.from_packed cannot run a {bits}-bit shared weight")
     return w
 
 
-def pq_weight(weight: torch.Tensor, subvector: int, codewords: int, iters: int) -> PQWeight:
+def pq_weight(weight: torch.Tensor, subvector: int, codewords: int, iters: int) -> PQKernel:
     """The kernel layout of ``weight`` product-quantized with ``codewords`` per sub-space."""
     pq = ProductQuantized.from_weight(weight, subvector=subvector, codewords=codewords, iters=iters)
-    w = PQWeight.from_packed(pq.pack(weight))
+    w = PQKernel.from_packed(pq.pack(weight))
     if w is None:
-        raise SystemExit(f"PQWeight.from_packed cannot run {codewords} codewords")
+        raise SystemExit(f"PQKernel.from_packed cannot run {codewords} codewords")
     return w
 
 
@@ -105,7 +105,7 @@ def sparse_rows(shapes, densities, batches, input_density, rounds, repeats, gen)
                     {
                         "dense": lambda: F.linear(x, dense),
                         "csr": lambda: csr @ xt,
-                        "torchshrink": lambda: sparse_shared_matmul(x, w),
+                        "torchshrink": lambda: shared_matmul(x, w),
                     },
                     rounds,
                     repeats,

@@ -66,7 +66,7 @@ def compress(st, sparsity: float, bits: int) -> None:
     bert = st[0].auto_model
     if sparsity > 0:
         ts.prune.magnitude(bert, sparsity, layers=["encoder.*"])
-    ts.quantize.share_weights(bert, bits, layers=["encoder.*", "pooler.*"])
+    ts.quantize.kmeans(bert, bits, layers=["encoder.*", "pooler.*"])
     emb = bert.embeddings.word_embeddings
     attach(emb, SharedWeights.from_weight(emb.weight, 8))  # 256 levels for the 30522 x 384 table
     original(emb).requires_grad_(False)

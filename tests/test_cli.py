@@ -164,12 +164,12 @@ def test_bench_compares_runtime_and_dense(tmp_path):
     from torchshrink.format import save
     from torchshrink.models import build_model
     from torchshrink.prune import magnitude
-    from torchshrink.quantize import share_weights
+    from torchshrink.quantize import kmeans
 
     torch.manual_seed(0)
     model = build_model("lenet300", (1, 8, 8), 10)
     magnitude(model, 0.9)
-    share_weights(model, 5)
+    kmeans(model, 5)
     save(model, tmp_path / "m.tsk")
     proc = cli("bench", str(tmp_path / "m.tsk"), "--batch", "1,4", "--repeats", "3", "--data", "digits", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,7 @@ from torch import nn
 
 from torchshrink.errors import ModelError
 from torchshrink.prune import magnitude
-from torchshrink.quantize import SharedWeights, compression_rate_kmeans, share_weights
+from torchshrink.quantize import SharedWeights, compression_rate_kmeans, kmeans
 from torchshrink.train import TrainConfig, fit
 from torchshrink.core.transform import find, original
 
@@ -27,7 +27,7 @@ def test_forward_is_codebook_gather_exactly():
 
 
 def test_attached_forward_equals_codebook_of_assignment(mlp):
-    share_weights(mlp, bits=4)
+    kmeans(mlp, bits=4)
     layer = mlp[0]
     sw = find(layer, SharedWeights)
     table = torch.cat([torch.zeros(1), sw.codebook.detach()])
@@ -50,7 +50,7 @@ def test_centroid_gradient_is_sum_of_member_gradients():
 def test_masked_zeros_stay_zero_after_optimizer_steps(mlp):
     magnitude(mlp, sparsity=0.7)
     pruned = mlp[0].weight == 0
-    share_weights(mlp, bits=3)
+    kmeans(mlp, bits=3)
     opt = torch.optim.SGD([p for p in mlp.parameters() if p.requires_grad], lr=0.5, momentum=0.9, weight_decay=0.1)
     x = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
     for _ in range(3):
@@ -65,7 +65,7 @@ def test_masked_zeros_stay_zero_after_optimizer_steps(mlp):
 
 def test_zero_never_a_centroid_and_chain_order(mlp):
     magnitude(mlp, sparsity=0.5)
-    share_weights(mlp, bits=2)
+    kmeans(mlp, bits=2)
     plist = mlp[0].parametrizations["weight"]
     assert type(plist[0]).__name__ == "Mask" and isinstance(plist[1], SharedWeights)
     sw = plist[1]
@@ -78,7 +78,7 @@ def test_zero_never_a_centroid_and_chain_order(mlp):
 def test_bits_bound_distinct_values(bits, init):
     model = make_mlp(seed=bits)
     magnitude(model, sparsity=0.3)
-    share_weights(model, bits=bits, init=init)
+    kmeans(model, bits=bits, init=init)
     for layer in (model[0], model[3]):
         assert _distinct(layer.weight) <= 2**bits
         assert _distinct(layer.weight) == find(layer, SharedWeights).codebook.numel() + 1
@@ -86,10 +86,10 @@ def test_bits_bound_distinct_values(bits, init):
 
 def test_default_bits_by_layer_type_and_patterns():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4))
-    share_weights(model)
+    kmeans(model)
     assert find(model[0], SharedWeights).bits == 8 and find(model[2], SharedWeights).bits == 5
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
-    share_weights(model, {"0": 2})
+    kmeans(model, {"0": 2})
     assert find(model[0], SharedWeights).bits == 2 and find(model[1], SharedWeights).bits == 5
 
 
@@ -98,7 +98,7 @@ def test_linear_init_matches_kmeans1d_reference():
 
     model = make_mlp(seed=3)
     w = model[3].weight.detach().clone()
-    share_weights(model, bits=3, layers="3")
+    kmeans(model, bits=3, layers="3")
     c, labels, _ = kmeans1d(w.numpy(), 7, init="linear")
     sw = find(model[3], SharedWeights)
     assert torch.equal(sw.codebook.detach(), torch.from_numpy(c.astype(np.float32)))
@@ -109,7 +109,7 @@ def test_linear_init_matches_kmeans1d_reference():
 def test_pack_reproduces_forward_bit_for_bit(bits):
     model = make_mlp(seed=0)
     magnitude(model, sparsity=0.5)
-    share_weights(model, bits=bits)
+    kmeans(model, bits=bits)
     sw = find(model[0], SharedWeights)
     with torch.no_grad():
         sw.codebook.add_(0.0123)  # as after fine-tuning
@@ -125,7 +125,7 @@ def test_pack_reproduces_forward_bit_for_bit(bits):
 def test_fine_tuning_with_fit_keeps_distinct_values(toy_data):
     model = make_mlp(seed=0)
     magnitude(model, sparsity=0.5)
-    share_weights(model, bits=3)
+    kmeans(model, bits=3)
     before = {i: find(model[i], SharedWeights).codebook.detach().clone() for i in (0, 3)}
     idx = {i: find(model[i], SharedWeights).indices.clone() for i in (0, 3)}
     fit(model, toy_data, TrainConfig(epochs=1, batch_size=100, lr=0.05), progress=False)
@@ -140,7 +140,7 @@ def test_all_zero_layer_has_empty_codebook():
     layer = nn.Linear(4, 3)
     with torch.no_grad():
         layer.weight.zero_()
-    share_weights(layer, bits=4)
+    kmeans(layer, bits=4)
     sw = find(layer, SharedWeights)
     assert sw.codebook.numel() == 0
     assert torch.equal(layer.weight, torch.zeros(3, 4))
@@ -149,12 +149,12 @@ def test_all_zero_layer_has_empty_codebook():
 @pytest.mark.parametrize("bits", [0, 17, 2.5, True, "4"])
 def test_bad_bits_raise(bits):
     with pytest.raises(ModelError, match="The 'bits' parameter of kmeans must be an int in \\[1, 16\\]. Got .* instead."):
-        share_weights(make_mlp(), bits=bits)
+        kmeans(make_mlp(), bits=bits)
 
 
 def test_bad_bits_in_mapping_raise():
     with pytest.raises(ModelError, match="bits\\[0\\]"):
-        share_weights(make_mlp(), {"0": 0})
+        kmeans(make_mlp(), {"0": 0})
 
 
 def test_nan_weights_raise():
@@ -162,18 +162,18 @@ def test_nan_weights_raise():
     with torch.no_grad():
         model[3].weight[0, 0] = float("nan")
     with pytest.raises(ModelError, match="NaN or infinite"):
-        share_weights(model, bits=4)
+        kmeans(model, bits=4)
 
 
 def test_unknown_init_raises():
     with pytest.raises(ModelError, match="'init' parameter"):
-        share_weights(make_mlp(), bits=4, init="kmeans++")
+        kmeans(make_mlp(), bits=4, init="kmeans++")
 
 
 def test_sharing_twice_raises(mlp):
-    share_weights(mlp, bits=4)
+    kmeans(mlp, bits=4)
     with pytest.raises(ModelError, match="already quantized"):
-        share_weights(mlp, bits=4)
+        kmeans(mlp, bits=4)
 
 
 def test_compression_rate_kmeans_by_hand():
@@ -187,7 +187,7 @@ def test_include_bias_shares_biases_and_round_trips(tmp_path):
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 3))
-    share_weights(net, 3, include_bias=True)
+    kmeans(net, 3, include_bias=True)
     for layer in (net[0], net[2]):
         assert len(torch.unique(layer.bias.detach())) <= 2**3 - 1 + 1
         assert not layer.parametrizations.bias.original.requires_grad

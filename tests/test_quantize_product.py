@@ -18,7 +18,7 @@ from torchshrink.quantize import (
     compression_rate_rq,
     product_quantize,
     residual_quantize,
-    share_weights,
+    kmeans,
 )
 from torchshrink.quantize.product import _means, kmeans_subspaces, subvectors
 from torchshrink.train import TrainConfig, fit
@@ -206,7 +206,7 @@ def test_bad_stages_raise():
 
 
 def test_quantizing_twice_raises():
-    model = share_weights(make_mlp(), bits=4)
+    model = kmeans(make_mlp(), bits=4)
     with pytest.raises(ModelError, match="already quantized"):
         product_quantize(model)
 

@@ -20,14 +20,14 @@ from torchshrink.errors import ModelError
 from torchshrink.forms import unpack
 from torchshrink.quantize import ProductQuantized, SharedWeights
 from torchshrink.runtime import (
-    PQWeight,
-    SparseSharedWeight,
+    PQKernel,
+    SharedWeightsKernel,
     pq_matmul,
     reference_pq_matmul,
-    reference_sparse_shared_matmul,
-    sparse_shared_matmul,
+    reference_shared_matmul,
+    shared_matmul,
 )
-from torchshrink.runtime import sparse as sparse_mod
+from torchshrink.runtime import shared as sparse_mod
 
 ATOL = 1e-5
 RTOL = 1e-4
@@ -47,8 +47,8 @@ def shared_packed(w: torch.Tensor, bits: int = 4) -> dict:
     return SharedWeights.from_weight(w, bits).pack(w)
 
 
-def shared_weight(w: torch.Tensor, bits: int = 4) -> SparseSharedWeight:
-    sw = SparseSharedWeight.from_packed(shared_packed(w, bits))
+def shared_weight(w: torch.Tensor, bits: int = 4) -> SharedWeightsKernel:
+    sw = SharedWeightsKernel.from_packed(shared_packed(w, bits))
     assert sw is not None
     return sw
 
@@ -57,15 +57,15 @@ def pq_packed(w: torch.Tensor, d: int, k: int, iters: int = 4) -> dict:
     return ProductQuantized.from_weight(w, subvector=d, codewords=k, iters=iters).pack(w)
 
 
-def pq_weight(w: torch.Tensor, d: int, k: int, iters: int = 4) -> PQWeight:
-    pw = PQWeight.from_packed(pq_packed(w, d, k, iters))
+def pq_weight(w: torch.Tensor, d: int, k: int, iters: int = 4) -> PQKernel:
+    pw = PQKernel.from_packed(pq_packed(w, d, k, iters))
     assert pw is not None
     return pw
 
 
-def empty_weight(out_f: int, in_f: int) -> SparseSharedWeight:
+def empty_weight(out_f: int, in_f: int) -> SharedWeightsKernel:
     """An all-zero layer (no nonzero level), as a decoded CSR with no entries gives it."""
-    return SparseSharedWeight.from_csr((out_f, in_f), np.zeros(out_f + 1, np.int64), [], [], np.zeros(0, np.float32))
+    return SharedWeightsKernel.from_csr((out_f, in_f), np.zeros(out_f + 1, np.int64), [], [], np.zeros(0, np.float32))
 
 
 def inputs(batch: int, in_f: int, kind: str, seed: int = 1) -> torch.Tensor:
@@ -83,7 +83,7 @@ def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
 
 
-def assert_same_layout(a: SparseSharedWeight, b: SparseSharedWeight) -> None:
+def assert_same_layout(a: SharedWeightsKernel, b: SharedWeightsKernel) -> None:
     assert a.shape == b.shape and a.bits == b.bits and a.nnz == b.nnz
     for name in LAYOUT:
         x, y = getattr(a, name), getattr(b, name)
@@ -101,7 +101,7 @@ def test_sparse_matches_reference(monkeypatch, shape, density, kind, batch, rati
     monkeypatch.setattr(sparse_mod, "EIE_COST_RATIO", ratio)
     w = shared_weight(sparse_weight(*shape, density), bits=4)
     x = inputs(batch, shape[1], kind)
-    assert_close(sparse_shared_matmul(x, w), reference_sparse_shared_matmul(x, w))
+    assert_close(shared_matmul(x, w), reference_shared_matmul(x, w))
 
 
 @pytest.mark.parametrize("ratio", [ALWAYS_ROWS, ALWAYS_COLS])
@@ -117,10 +117,10 @@ def test_sparse_empty_rows_columns_and_single_nonzero(monkeypatch, ratio):
         assert np.array_equal(sw.to_dense() != 0, weight.numpy() != 0)  # the empty rows/columns stay empty
         for batch in (1, 5):
             x = inputs(batch, weight.shape[1], "dense")
-            assert_close(sparse_shared_matmul(x, sw), reference_sparse_shared_matmul(x, sw))
+            assert_close(shared_matmul(x, sw), reference_shared_matmul(x, sw))
     x = torch.zeros(11)
     x[7] = 2.0
-    got = sparse_shared_matmul(x, shared_weight(one))
+    got = shared_matmul(x, shared_weight(one))
     assert got.tolist() == [0.0] * 4 + [-5.0] + [0.0] * 4
 
 
@@ -133,8 +133,8 @@ def test_sparse_all_zero_layer_gives_zeros_and_bias(monkeypatch, ratio, batch):
     assert not w.to_dense().any()
     bias = torch.arange(6.0)
     for x in (inputs(batch, 9, "dense"), inputs(batch, 9, "zero"), torch.randn(9)):
-        assert_close(sparse_shared_matmul(x, w), reference_sparse_shared_matmul(x, w))
-        got = sparse_shared_matmul(x, w, bias)
+        assert_close(shared_matmul(x, w), reference_shared_matmul(x, w))
+        got = shared_matmul(x, w, bias)
         assert torch.equal(got, bias.expand_as(got))
 
 
@@ -143,13 +143,13 @@ def test_sparse_input_layouts_dtypes_and_bias():
     bias = torch.randn(33)
     x = torch.randn(21, 6).T  # non-contiguous (transposed view)
     assert not x.is_contiguous()
-    assert_close(sparse_shared_matmul(x, w, bias), reference_sparse_shared_matmul(x, w, bias))
+    assert_close(shared_matmul(x, w, bias), reference_shared_matmul(x, w, bias))
     v = torch.randn(21)
-    assert sparse_shared_matmul(v, w).shape == (33,)
+    assert shared_matmul(v, w).shape == (33,)
     x3 = torch.randn(2, 3, 21)
-    assert_close(sparse_shared_matmul(x3, w), reference_sparse_shared_matmul(x3.reshape(6, 21), w).reshape(2, 3, 33))
+    assert_close(shared_matmul(x3, w), reference_shared_matmul(x3.reshape(6, 21), w).reshape(2, 3, 33))
     x64 = torch.randn(5, 21, dtype=torch.float64)
-    got = sparse_shared_matmul(x64, w)
+    got = shared_matmul(x64, w)
     assert got.dtype == torch.float64
     want = torch.from_numpy(w.to_dense()).double() @ x64.T
     torch.testing.assert_close(got, want.T, atol=1e-4, rtol=1e-4)
@@ -162,7 +162,7 @@ def test_sparse_from_packed_decodes_exactly_like_the_packed_form(shape, density,
     weight = torch.randn(*shape, generator=g) * (torch.rand(*shape, generator=g) < density)
     packed = shared_packed(weight, bits)
     assert packed["codebook"][0] == 0.0
-    w = SparseSharedWeight.from_packed(packed)
+    w = SharedWeightsKernel.from_packed(packed)
     want = unpack(packed).reshape(shape[0], -1)  # a conv weight runs as (out, in * kh * kw)
     assert w.shape == want.shape
     assert np.array_equal(w.to_dense(), want)  # bit for bit: same codebook values, no arithmetic
@@ -174,7 +174,7 @@ def test_sparse_from_packed_decodes_exactly_like_the_packed_form(shape, density,
 def test_sparse_pruned_zeros_and_layout_bytes():
     weight = sparse_weight(30, 40, 0.25)
     packed = shared_packed(weight, bits=2)
-    w = SparseSharedWeight.from_packed(packed)
+    w = SharedWeightsKernel.from_packed(packed)
     nz = weight.numpy() != 0
     decoded = w.to_dense()
     assert w.codebook.size == 3 and w.bits == 2 and not np.any(w.codebook == 0)
@@ -192,11 +192,11 @@ def test_sparse_pruned_zeros_and_layout_bytes():
 def test_sparse_from_csr_matches_from_packed():
     weight = sparse_weight(12, 17, 0.3)
     packed = shared_packed(weight, bits=4)
-    ref = SparseSharedWeight.from_packed(packed)
+    ref = SharedWeightsKernel.from_packed(packed)
     idx = packed["indices"].astype(np.int64)
     rows, cols = np.nonzero(idx)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=12))])
-    w = SparseSharedWeight.from_csr((12, 17), indptr, cols, idx[rows, cols] - 1, packed["codebook"][1:], bits=4)
+    w = SharedWeightsKernel.from_csr((12, 17), indptr, cols, idx[rows, cols] - 1, packed["codebook"][1:], bits=4)
     assert_same_layout(w, ref)
     assert np.array_equal(w.to_dense(), unpack(packed))
 
@@ -204,8 +204,8 @@ def test_sparse_from_csr_matches_from_packed():
 def test_sparse_matmul_method_is_the_kernel():
     w = shared_weight(sparse_weight(20, 30, 0.3))
     x, bias = torch.randn(4, 30), torch.randn(20)
-    assert torch.equal(w.matmul(x, bias), sparse_shared_matmul(x, w, bias))
-    assert torch.equal(w.matmul(x[0]), sparse_shared_matmul(x[0], w))
+    assert torch.equal(w.matmul(x, bias), shared_matmul(x, w, bias))
+    assert torch.equal(w.matmul(x[0]), shared_matmul(x[0], w))
 
 
 def test_sparse_from_packed_takes_256_levels_and_no_more():
@@ -216,48 +216,48 @@ def test_sparse_from_packed_takes_256_levels_and_no_more():
         codebook = torch.linspace(1.0, 2.0, levels)
         weight = torch.zeros(20, 40)
         packed = SharedWeights(codebook, indices, bits=9).pack(weight)
-        w = SparseSharedWeight.from_packed(packed)
+        w = SharedWeightsKernel.from_packed(packed)
         if fits:
             assert w.bits == 8 and w.codebook.size == 256
             assert np.array_equal(w.to_dense(), unpack(packed))
             x = inputs(3, 40, "dense")
-            assert_close(sparse_shared_matmul(x, w), reference_sparse_shared_matmul(x, w))
+            assert_close(shared_matmul(x, w), reference_shared_matmul(x, w))
         else:
             assert w is None
     many = sparse_weight(40, 50, 0.6)  # 1200 distinct nonzeros, 9 bits: 511 levels
     packed = shared_packed(many, bits=9)
     assert packed["codebook"].size - 1 == 511
-    assert SparseSharedWeight.from_packed(packed) is None
+    assert SharedWeightsKernel.from_packed(packed) is None
 
 
 def test_sparse_from_packed_rejects_a_zero_level():
     packed = SharedWeights(torch.tensor([0.0, 0.5]), torch.tensor([[1, 2], [0, 1]]), bits=2).pack(torch.zeros(2, 2))
     with pytest.raises(ModelError, match="nonzero"):
-        SparseSharedWeight.from_packed(packed)
+        SharedWeightsKernel.from_packed(packed)
 
 
 def test_sparse_shape_mismatch_names_both_shapes():
     w = shared_weight(sparse_weight(8, 5, 0.5))
     with pytest.raises(ModelError, match=r"\(3, 6\).*\(8, 5\)"):
-        sparse_shared_matmul(torch.randn(3, 6), w)
+        shared_matmul(torch.randn(3, 6), w)
 
 
 def test_sparse_rejects_integer_input():
     w = shared_weight(sparse_weight(8, 5, 0.5))
     with pytest.raises(ModelError, match="floating-point"):
-        sparse_shared_matmul(torch.ones(2, 5, dtype=torch.int64), w)
+        shared_matmul(torch.ones(2, 5, dtype=torch.int64), w)
 
 
 def test_sparse_rejects_bad_bias():
     w = shared_weight(sparse_weight(8, 5, 0.5))
     with pytest.raises(ModelError, match=r"bias must be a tensor of shape \(8,\)"):
-        sparse_shared_matmul(torch.randn(5), w, torch.randn(5))
+        shared_matmul(torch.randn(5), w, torch.randn(5))
 
 
 @pytest.mark.parametrize("bits", [0, 9, 2.0, True])
 def test_sparse_rejects_bad_bits(bits):
     with pytest.raises(ModelError, match="'bits' parameter"):
-        SparseSharedWeight.from_csr((2, 2), [0, 1, 1], [0], [0], np.array([1.0]), bits=bits)
+        SharedWeightsKernel.from_csr((2, 2), [0, 1, 1], [0], [0], np.array([1.0]), bits=bits)
 
 
 @pytest.mark.parametrize(
@@ -270,12 +270,12 @@ def test_sparse_rejects_bad_bits(bits):
 )
 def test_sparse_rejects_bad_codebook(codebook, match):
     with pytest.raises(ModelError, match=match):
-        SparseSharedWeight.from_csr((2, 2), [0, 0, 0], [], [], codebook, bits=2)
+        SharedWeightsKernel.from_csr((2, 2), [0, 0, 0], [], [], codebook, bits=2)
 
 
 def test_sparse_rejects_bad_shape():
     with pytest.raises(ModelError, match=r"shape must be \(out_features, in_features\)"):
-        SparseSharedWeight.from_csr((3,), [0, 0, 0, 0], [], [], np.array([1.0]))
+        SharedWeightsKernel.from_csr((3,), [0, 0, 0, 0], [], [], np.array([1.0]))
 
 
 @pytest.mark.parametrize(
@@ -288,12 +288,12 @@ def test_sparse_rejects_bad_shape():
 )
 def test_sparse_rejects_bad_csr(indptr, indices, codes, match):
     with pytest.raises(ModelError, match=match):
-        SparseSharedWeight.from_csr((2, 3), indptr, indices, codes, np.array([1.0]))
+        SharedWeightsKernel.from_csr((2, 3), indptr, indices, codes, np.array([1.0]))
 
 
 def test_sparse_rejects_duplicate_csr_entries():
     with pytest.raises(ModelError, match="duplicate"):
-        SparseSharedWeight.from_csr((1, 3), [0, 2], [1, 1], [0, 0], np.array([1.0]))
+        SharedWeightsKernel.from_csr((1, 3), [0, 2], [1, 1], [0, 0], np.array([1.0]))
 
 
 # --------------------------------------------------------------------------- PQ
@@ -336,7 +336,7 @@ def test_pq_input_layouts_dtypes_and_bias():
 def test_pq_from_packed_decodes_exactly_like_the_packed_form(shape, d):
     weight = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
     packed = ProductQuantized.from_weight(weight, subvector=d, codewords=4, iters=3).pack(weight)
-    w = PQWeight.from_packed(packed)
+    w = PQKernel.from_packed(packed)
     n_in = int(np.prod(shape[1:]))
     assert w.shape == (shape[0], n_in) and w.subvector == packed["subvector"] and w.codewords == 4
     assert np.array_equal(w.codebooks, packed["codebooks"]) and np.array_equal(w.codes, packed["codes"])
@@ -365,7 +365,7 @@ def test_pq_kernel_error_falls_with_lloyd_iterations():
     errs = []
     for iters in (0, 8):
         packed = pq_packed(weight, d=4, k=16, iters=iters)
-        w = PQWeight.from_packed(packed)
+        w = PQKernel.from_packed(packed)
         assert np.array_equal(w.to_dense(), unpack(packed))
         errs.append(torch.square(pq_matmul(x, w) - exact).mean().item())
     assert errs[1] < errs[0]
@@ -383,7 +383,7 @@ def test_pq_from_packed_takes_256_codewords_and_no_more():
     for k, fits in ((256, True), (257, False)):
         packed = pq_packed(weight, d=2, k=k, iters=2)
         assert packed["codebooks"].shape[1] == k
-        w = PQWeight.from_packed(packed)
+        w = PQKernel.from_packed(packed)
         if fits:
             assert packed["codes"].dtype == np.uint8 and w.codes.dtype == np.uint8
             assert np.array_equal(w.to_dense(), unpack(packed))
@@ -399,14 +399,14 @@ def test_pq_shape_mismatch_names_both_shapes():
 
 def test_pq_rejects_codes_out_of_range():
     with pytest.raises(ModelError, match=r"codes must lie in \[0, K=4\)"):
-        PQWeight(np.ones((2, 4, 3), np.float32), np.full((5, 2), 4))
+        PQKernel(np.ones((2, 4, 3), np.float32), np.full((5, 2), 4))
 
 
 def test_pq_rejects_too_many_codewords():
     with pytest.raises(ModelError, match="K <= 256"):
-        PQWeight(np.ones((1, 257, 2), np.float32), np.zeros((3, 1), np.uint8))
+        PQKernel(np.ones((1, 257, 2), np.float32), np.zeros((3, 1), np.uint8))
 
 
 def test_pq_rejects_in_features_outside_last_subspace():
     with pytest.raises(ModelError, match="'in_features'"):
-        PQWeight(np.ones((2, 4, 3), np.float32), np.zeros((5, 2), np.uint8), in_features=3)
+        PQKernel(np.ones((2, 4, 3), np.float32), np.zeros((5, 2), np.uint8), in_features=3)

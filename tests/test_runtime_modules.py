@@ -9,8 +9,8 @@ from torch import nn
 from torchshrink.format import load, save
 from torchshrink.models import build_model
 from torchshrink.prune import magnitude
-from torchshrink.quantize import product_quantize, share_weights
-from torchshrink.runtime.fused import FusedSparseMLP
+from torchshrink.quantize import product_quantize, kmeans
+from torchshrink.runtime.fused import FusedSharedMLP
 from torchshrink.runtime.modules import CompressedConv2d, CompressedLinear
 
 
@@ -24,11 +24,11 @@ def test_pruned_shared_zoo_model_runs_compressed_and_matches_dense(tmp_path, nam
     model = build_model(name, (1, 8, 8), 10)
     layers = ["fc*"] if name == "lenet300" else ["fc*", "conv2"]
     magnitude(model, 0.9, layers=layers)
-    share_weights(model, layers=layers)
+    kmeans(model, layers=layers)
     save(model, tmp_path / "m.tsk")
     fast, plain = load(tmp_path / "m.tsk"), load(tmp_path / "m.tsk", dense=True)
     if name == "lenet300":  # a pure Linear/ReLU chain runs as one fused kernel
-        assert isinstance(fast, FusedSparseMLP)
+        assert isinstance(fast, FusedSharedMLP)
     else:  # conv2, fc1, fc2 compressed; conv1 and the pooling stay PyTorch
         assert len(_compressed(fast)) == 3
     for batch in (1, 7, 33):  # 33: the multi-threaded fused path
@@ -42,11 +42,11 @@ def test_relu_sparse_inputs_and_noncontiguous(tmp_path):
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
     magnitude(net, 0.8)
-    share_weights(net, 4)
+    kmeans(net, 4)
     save(net, tmp_path / "n.tsk")
     plain = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
     fast = load(tmp_path / "n.tsk", model=plain)
-    assert isinstance(fast, FusedSparseMLP)
+    assert isinstance(fast, FusedSharedMLP)
     ref = load(tmp_path / "n.tsk", model=nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5)), dense=True)
     x = torch.randn(40, 3).t()  # non-contiguous
     torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
@@ -71,7 +71,7 @@ def test_shape_mismatch_at_call_time_is_clear(tmp_path):
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(16, 8))
     magnitude(net, 0.5)
-    share_weights(net, 3)
+    kmeans(net, 3)
     save(net, tmp_path / "s.tsk")
     fast = load(tmp_path / "s.tsk", model=nn.Sequential(nn.Linear(16, 8)))
     with pytest.raises(Exception, match="16"):
@@ -86,10 +86,10 @@ def test_fused_chain_skips_zero_activations_exactly_like_dense(tmp_path):
 
     net = mk()
     magnitude(net, 0.6)
-    share_weights(net, 4)
+    kmeans(net, 4)
     save(net, tmp_path / "f.tsk")
     fast, ref = load(tmp_path / "f.tsk", model=mk()), load(tmp_path / "f.tsk", model=mk(), dense=True)
-    assert isinstance(fast, FusedSparseMLP)
+    assert isinstance(fast, FusedSharedMLP)
     x = torch.randn(9, 12)
     x[:, ::2] = 0  # zero inputs are skipped
     torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-6)
@@ -100,7 +100,7 @@ def test_fused_chain_skips_zero_activations_exactly_like_dense(tmp_path):
 def test_chain_with_a_dense_layer_is_not_fused(tmp_path):
     torch.manual_seed(5)
     net = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 3))
-    share_weights(net, 4, layers=["0"])
+    kmeans(net, 4, layers=["0"])
     save(net, tmp_path / "g.tsk")
     fast = load(tmp_path / "g.tsk", model=nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 3)))
     assert isinstance(fast[0], CompressedLinear) and type(fast[2]) is nn.Linear

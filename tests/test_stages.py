@@ -19,7 +19,7 @@ from torchshrink.format import read_tsk, save
 from torchshrink.measure import ENERGY_PJ
 from torchshrink.pipeline import energy_report, storage_report
 from torchshrink.prune import magnitude
-from torchshrink.quantize import share_weights
+from torchshrink.quantize import kmeans
 from torchshrink.recipe import parse_recipe
 from torchshrink.sensitivity import sensitivity
 from torchshrink.stages import RunState, finetune_config, run_stage
@@ -106,7 +106,7 @@ def test_runner_prefixes_a_techniques_recipe_error_with_the_stage(monkeypatch, s
 def test_storage_report_adds_up_to_the_measured_file(tmp_path) -> None:
     model = make_mlp()
     magnitude(model, sparsity=0.8)
-    share_weights(model, 3)
+    kmeans(model, 3)
     info = save(model, tmp_path / "m.tsk")
     size = (tmp_path / "m.tsk").stat().st_size
     rep = storage_report(info, size)

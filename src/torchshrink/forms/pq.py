@@ -95,6 +95,6 @@ class PQ(Form):
 
     def runtime(self, layer: nn.Module, packed: Mapping[str, Any]) -> nn.Module | None:
         from ..runtime.modules import compressed_layer
-        from ..runtime.pq import PQWeight
+        from ..runtime.pq import PQKernel
 
-        return compressed_layer(layer, PQWeight.from_packed(packed))
+        return compressed_layer(layer, PQKernel.from_packed(packed))

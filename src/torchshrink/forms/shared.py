@@ -8,7 +8,7 @@ Packed kind ``"shared"``::
 ``codebook[0]`` is 0.0 by convention (index 0 = pruned), which the ``shared_sparse`` form
 relies on to skip zeros. Streams: ``codebook`` (fp32) and ``indices`` (an int stream of
 ``ceil(log2 k)``-bit codes, bit-packed or Huffman coded). The runtime module is the
-EIE-style sparse shared-weight layer (:mod:`torchshrink.runtime.sparse`).
+EIE-style sparse shared-weight layer (:mod:`torchshrink.runtime.shared`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,6 @@ class Shared(Form):
 
     def runtime(self, layer: nn.Module, packed: Mapping[str, Any]) -> nn.Module | None:
         from ..runtime.modules import compressed_layer
-        from ..runtime.sparse import SparseSharedWeight
+        from ..runtime.shared import SharedWeightsKernel
 
-        return compressed_layer(layer, SparseSharedWeight.from_packed(packed))
+        return compressed_layer(layer, SharedWeightsKernel.from_packed(packed))

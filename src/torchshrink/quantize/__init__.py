@@ -7,7 +7,7 @@ the public ``torchshrink.quantize`` API is assembled here.
 
 from __future__ import annotations
 
-from .kmeans import SharedWeights, compression_rate_kmeans, share_weights
+from .kmeans import SharedWeights, compression_rate_kmeans, kmeans
 from .product import ProductQuantized, compression_rate_pq, product_quantize
 from .residual import ResidualQuantized, compression_rate_rq, residual_quantize
 
@@ -20,5 +20,5 @@ __all__ = [
     "compression_rate_rq",
     "product_quantize",
     "residual_quantize",
-    "share_weights",
+    "kmeans",
 ]

@@ -15,7 +15,7 @@ which is the centroid update of Deep Compression §3.1 Eq. 3:
 ``dL/dC_k = sum_ij dL/dW_ij * 1(I_ij = k)``. Pruned entries gather the constant 0.0 and
 stay exactly zero whatever the optimizer does.
 
-The latent weight under the transform no longer influences the output; :func:`share_weights`
+The latent weight under the transform no longer influences the output; :func:`kmeans`
 freezes it (``requires_grad=False``), so optimizers and DDP only see the codebook.
 """
 
@@ -149,7 +149,7 @@ class SharedWeights(WeightTransform):
 
 
 @torch.no_grad()
-def share_weights(
+def kmeans(
     model: nn.Module,
     bits: BitsSpec = None,
     *,
@@ -233,7 +233,7 @@ class KMeansSpec(LayerStage):
 
 
 def _apply(ctx: Any, spec: KMeansSpec, finetune: Any) -> Step:
-    share_weights(ctx.model, spec.bits, layers=spec.layers, exclude=spec.exclude, init=spec.init,
+    kmeans(ctx.model, spec.bits, layers=spec.layers, exclude=spec.exclude, init=spec.init,
                   fc_bits=spec.fc_bits, conv_bits=spec.conv_bits, include_bias=spec.include_bias)
     return Step()
 

@@ -1,10 +1,10 @@
 """Runtime: CPU kernels that run compressed layers without decoding them to dense.
 
-* :mod:`~torchshrink.runtime.sparse` -- pruned, weight-shared layers (EIE, Han et al.
-  2016): :class:`SparseSharedWeight` and :func:`sparse_shared_matmul`, with a batch-1
+* :mod:`~torchshrink.runtime.shared` -- pruned, weight-shared layers (EIE, Han et al.
+  2016): :class:`SharedWeightsKernel` and :func:`shared_matmul`, with a batch-1
   path that skips zero input activations and a batched path for throughput.
 * :mod:`~torchshrink.runtime.pq` -- product-quantized layers run by lookup tables
-  (Q-CNN, Wu et al. 2016): :class:`PQWeight` and :func:`pq_matmul`.
+  (Q-CNN, Wu et al. 2016): :class:`PQKernel` and :func:`pq_matmul`.
 
 Kernel weights are built from packed values only (``from_packed``; the techniques make
 those), and the runtime modules (:mod:`~torchshrink.runtime.modules`) run any kernel
@@ -17,14 +17,14 @@ torch). ``benchmarks/kernels.py`` measures them against dense and CSR PyTorch.
 
 from __future__ import annotations
 
-from .pq import PQWeight, pq_matmul, reference_pq_matmul
-from .sparse import SparseSharedWeight, reference_sparse_shared_matmul, sparse_shared_matmul
+from .pq import PQKernel, pq_matmul, reference_pq_matmul
+from .shared import SharedWeightsKernel, reference_shared_matmul, shared_matmul
 
 __all__ = [
-    "PQWeight",
-    "SparseSharedWeight",
+    "PQKernel",
+    "SharedWeightsKernel",
     "pq_matmul",
     "reference_pq_matmul",
-    "reference_sparse_shared_matmul",
-    "sparse_shared_matmul",
+    "reference_shared_matmul",
+    "shared_matmul",
 ]

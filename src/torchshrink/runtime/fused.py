@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from ._common import available_cores, run_kernel
 from .modules import CompressedLinear
-from .sparse import SparseSharedWeight
+from .shared import SharedWeightsKernel
 
 _PASS = (nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -74,10 +74,10 @@ def _chain_parallel(x, sizes, ptr_off, ent_off, cb_off, relu, col_ptr, col_row, 
 PARALLEL_MIN_BATCH = 16
 
 
-class FusedSparseMLP(nn.Module):
+class FusedSharedMLP(nn.Module):
     """A chain of EIE-style sparse, weight-shared Linear layers (+ ReLU) run in one call."""
 
-    def __init__(self, layers: list[tuple[SparseSharedWeight, torch.Tensor | None, bool]], flatten: bool) -> None:
+    def __init__(self, layers: list[tuple[SharedWeightsKernel, torch.Tensor | None, bool]], flatten: bool) -> None:
         super().__init__()
         ws = [w for w, _, _ in layers]
         for a, b in zip(ws, ws[1:]):
@@ -104,7 +104,7 @@ class FusedSparseMLP(nn.Module):
         if self.flatten:
             x = x.reshape(x.shape[0], -1)
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
-            raise ValueError(f"FusedSparseMLP expects input (batch, {self.sizes[0]}); got {tuple(x.shape)}")
+            raise ValueError(f"FusedSharedMLP expects input (batch, {self.sizes[0]}); got {tuple(x.shape)}")
         xm = x.detach().to(torch.float32).contiguous().numpy()
         out = np.empty((xm.shape[0], int(self.sizes[-1])), np.float32)
         bufs = np.empty((xm.shape[0], 2, self.width), np.float32)
@@ -150,14 +150,14 @@ def _chain_of(plain: nn.Module) -> list[tuple[str, str]] | None:
 
 
 def fuse(plain: nn.Module, fast: nn.Module) -> nn.Module:
-    """``fast`` as one :class:`FusedSparseMLP` when ``plain`` is a pure sparse-shared MLP chain."""
+    """``fast`` as one :class:`FusedSharedMLP` when ``plain`` is a pure sparse-shared MLP chain."""
     chain = _chain_of(plain)
     if not chain or not any(k == "linear" for k, _ in chain):
         return fast
     fast_mods = dict(fast.named_modules())
     flatten = chain[0][0] == "flatten"
     body = chain[1:] if flatten else chain
-    layers: list[tuple[SparseSharedWeight, torch.Tensor | None, bool]] = []
+    layers: list[tuple[SharedWeightsKernel, torch.Tensor | None, bool]] = []
     for i, (kind, name) in enumerate(body):
         if kind == "flatten":
             return fast
@@ -168,7 +168,7 @@ def fuse(plain: nn.Module, fast: nn.Module) -> nn.Module:
             layers[-1] = (w, b, True)
             continue
         m = fast_mods[name]
-        if not isinstance(m, CompressedLinear) or not isinstance(m.weight_, SparseSharedWeight):
+        if not isinstance(m, CompressedLinear) or not isinstance(m.weight_, SharedWeightsKernel):
             return fast
         layers.append((m.weight_, m.bias, False))
-    return FusedSparseMLP(layers, flatten)
+    return FusedSharedMLP(layers, flatten)

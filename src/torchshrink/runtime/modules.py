@@ -2,8 +2,8 @@
 
 A *kernel weight* is any object with ``in_features``, ``out_features``, ``matmul(x,
 bias)`` (``x @ W.T + bias`` without decoding ``W``), ``to_dense()`` and ``weight_bytes``:
-:class:`~torchshrink.runtime.sparse.SparseSharedWeight` (EIE-style sparse shared
-weights) and :class:`~torchshrink.runtime.pq.PQWeight` (Q-CNN lookup tables) are two.
+:class:`~torchshrink.runtime.shared.SharedWeightsKernel` (EIE-style sparse shared
+weights) and :class:`~torchshrink.runtime.pq.PQKernel` (Q-CNN lookup tables) are two.
 A form's ``runtime`` builds its kernel weight from the packed value and wraps the layer
 with :func:`compressed_layer`; this module knows no form.
 

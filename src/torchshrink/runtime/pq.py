@@ -14,7 +14,7 @@ work falls from ``out * in`` multiply-adds to ``out * in / d`` additions. See
 
 Input lengths not divisible by ``d``: the last sub-space is zero-padded (the weight when
 training, the input at inference), so any ``in_features`` works and padding never
-changes a result; :attr:`PQWeight.in_features` records the true length.
+changes a result; :attr:`PQKernel.in_features` records the true length.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from . import _pq_kernels as kern
 from ._common import check_int, input_matrix, output_tensor, run_kernel
 
 MAX_CODEWORDS = 256
-_OWNER = "PQWeight"
+_OWNER = "PQKernel"
 
 
 @dataclass(frozen=True, eq=False)
-class PQWeight:
+class PQKernel:
     """Codebooks ``(S, K, d)`` float32 and codes ``(out, S)`` uint8 of a product-quantized weight.
 
     ``in_features`` defaults to ``S * d``; a smaller value (greater than ``(S - 1) * d``)
@@ -99,7 +99,7 @@ class PQWeight:
         return self.codebooks_t.nbytes + self.codes_t.nbytes
 
     @classmethod
-    def from_packed(cls, packed: dict) -> PQWeight | None:
+    def from_packed(cls, packed: dict) -> PQKernel | None:
         """The kernel layout of a ``pq`` packed value, or None when the kernels cannot run it (K > 256)."""
         cb = np.asarray(packed["codebooks"], np.float32)
         if cb.shape[1] > MAX_CODEWORDS:
@@ -124,7 +124,7 @@ class PQWeight:
 
     def __repr__(self) -> str:
         n_sub, k, d = self.codebooks.shape
-        return f"PQWeight(shape={self.shape}, subvector={d}, subspaces={n_sub}, codewords={k}, nbytes={self.nbytes})"
+        return f"PQKernel(shape={self.shape}, subvector={d}, subspaces={n_sub}, codewords={k}, nbytes={self.nbytes})"
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -132,7 +132,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def pq_matmul(x: torch.Tensor, w: PQWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def pq_matmul(x: torch.Tensor, w: PQKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W_hat.T + bias`` by Q-CNN lookup tables, without decoding ``W_hat``.
 
     ``x`` has shape ``(*, in_features)``; one vector takes the batch-1 kernel, more the
@@ -149,7 +149,7 @@ def pq_matmul(x: torch.Tensor, w: PQWeight, bias: torch.Tensor | None = None) ->
     return output_tensor(y, lead, dtype, bias, "pq_matmul")
 
 
-def reference_pq_matmul(x: torch.Tensor, w: PQWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def reference_pq_matmul(x: torch.Tensor, w: PQKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Plain-PyTorch twin of :func:`pq_matmul`: decode ``W_hat``, then ``F.linear``."""
     xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "reference_pq_matmul")
     y = F.linear(torch.from_numpy(xm), torch.from_numpy(w.to_dense()))

@@ -1,6 +1,6 @@
 """numba kernels for sparse shared-weight layers (EIE, Han et al. 2016); see ``sparse.py``.
 
-Two layouts, both built by :mod:`torchshrink.runtime.sparse`:
+Two layouts, both built by :mod:`torchshrink.runtime.shared`:
 
 * **row chunks** (gather): each row's nonzeros are sorted by codebook index and cut
   into chunks of ``CHUNK`` column indices that share one code; a short chunk is padded

@@ -7,7 +7,7 @@ it walks the compressed columns of the *nonzero* inputs only (dynamic activation
 sparsity: after a ReLU about half the inputs are zero) and looks each weight up in the
 codebook as it goes.
 
-:class:`SparseSharedWeight` holds two in-memory layouts of the same nonzeros, because on
+:class:`SharedWeightsKernel` holds two in-memory layouts of the same nonzeros, because on
 a CPU neither wins everywhere (measured on a 2-core AVX-512 Xeon, see
 ``benchmarks/kernels.py``):
 
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from numba import njit
 
 from ..errors import ModelError
-from . import _sparse_kernels as kern
+from . import _shared_kernels as kern
 from ._common import check_int, input_matrix, output_tensor, run_kernel
 
 #: Cost of one visited nonzero in the column (scalar scatter) kernel relative to one
@@ -48,7 +48,7 @@ from ._common import check_int, input_matrix, output_tensor, run_kernel
 #: threads), so the EIE path is taken when fewer than about 40 % of the inputs are nonzero.
 EIE_COST_RATIO = 2.5
 MAX_BITS = 8
-_OWNER = "SparseSharedWeight"
+_OWNER = "SharedWeightsKernel"
 
 
 def _index_dtype(largest: int) -> type:
@@ -71,7 +71,7 @@ def _active_nonzeros(x, col_ptr):
 
 
 @dataclass(frozen=True, eq=False)
-class SparseSharedWeight:
+class SharedWeightsKernel:
     """A pruned, weight-shared ``out x in`` matrix in the two kernel layouts.
 
     Build it with :meth:`from_packed` (a ``shared`` packed value, as k-means weight sharing
@@ -114,7 +114,7 @@ class SparseSharedWeight:
         return self.nbytes_rows + self.nbytes_cols - self.codebook.nbytes
 
     @classmethod
-    def from_packed(cls, packed: dict) -> SparseSharedWeight | None:
+    def from_packed(cls, packed: dict) -> SharedWeightsKernel | None:
         """The kernel layouts of a ``shared`` packed value (``codebook[0] == 0``: index 0 is a
         pruned zero), or None when the kernels cannot run it (more than 256 nonzero levels)."""
         table = np.asarray(packed["codebook"], np.float32)
@@ -138,7 +138,7 @@ class SparseSharedWeight:
         codes: np.ndarray,
         codebook: np.ndarray,
         bits: int = 4,
-    ) -> SparseSharedWeight:
+    ) -> SharedWeightsKernel:
         """Build from CSR arrays of codes (e.g. decoded from a ``.tsk`` file).
 
         ``indptr`` (out + 1), ``indices`` (column of each nonzero) and ``codes`` (its
@@ -167,7 +167,7 @@ class SparseSharedWeight:
         return cls._build((out_f, in_f), rows, cols, codes.astype(np.uint8), cb, bits)
 
     @classmethod
-    def _build(cls, shape, rows, cols, codes, cb, bits) -> SparseSharedWeight:
+    def _build(cls, shape, rows, cols, codes, cb, bits) -> SharedWeightsKernel:
         out_f, in_f = shape
         k = max(cb.size, 1)
         rows = rows.astype(np.int64)
@@ -204,8 +204,8 @@ class SparseSharedWeight:
         )
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x @ W.T + bias`` (:func:`sparse_shared_matmul`)."""
-        return sparse_shared_matmul(x, self, bias)
+        """``x @ W.T + bias`` (:func:`shared_matmul`)."""
+        return shared_matmul(x, self, bias)
 
     @property
     def weight_bytes(self) -> int:
@@ -222,7 +222,7 @@ class SparseSharedWeight:
     def __repr__(self) -> str:
         density = self.nnz / (self.shape[0] * self.shape[1])
         return (
-            f"SparseSharedWeight(shape={self.shape}, nnz={self.nnz} ({density:.1%}), "
+            f"SharedWeightsKernel(shape={self.shape}, nnz={self.nnz} ({density:.1%}), "
             f"codebook={self.codebook.size} x {self.bits} bits, nbytes={self.nbytes})"
         )
 
@@ -240,15 +240,15 @@ def _check_codebook(codebook: Any, bits: int) -> np.ndarray:
     return cb
 
 
-def sparse_shared_matmul(x: torch.Tensor, w: SparseSharedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W.T + bias`` with ``W`` a :class:`SparseSharedWeight`, never decoded to dense.
+def shared_matmul(x: torch.Tensor, w: SharedWeightsKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``W`` a :class:`SharedWeightsKernel`, never decoded to dense.
 
     ``x`` has shape ``(*, in_features)``; a single vector takes the batch-1 path (the EIE
     column kernel, which skips zero inputs, when the input is sparse enough, else the
     row-chunk gather kernel), larger batches the batched row-chunk kernel. Floating
     inputs of other precisions are computed in float32 and returned in their dtype.
     """
-    xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "sparse_shared_matmul")
+    xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "shared_matmul")
     y = np.empty((xm.shape[0], w.out_features), np.float32)
     if xm.shape[0] == 1:
         xv = xm[0]
@@ -261,13 +261,13 @@ def sparse_shared_matmul(x: torch.Tensor, w: SparseSharedWeight, bias: torch.Ten
     elif xm.shape[0] > 1:
         work = w.chunk_index.size * xm.shape[0]
         run_kernel(kern.rows_matmul, work, xm, w.chunk_ptr, w.chunk_code, w.chunk_index, w.codebook, y)
-    return output_tensor(y, lead, dtype, bias, "sparse_shared_matmul")
+    return output_tensor(y, lead, dtype, bias, "shared_matmul")
 
 
-def reference_sparse_shared_matmul(
-    x: torch.Tensor, w: SparseSharedWeight, bias: torch.Tensor | None = None
+def reference_shared_matmul(
+    x: torch.Tensor, w: SharedWeightsKernel, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Plain-PyTorch twin of :func:`sparse_shared_matmul`: decode to dense, then ``F.linear``."""
-    xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "reference_sparse_shared_matmul")
+    """Plain-PyTorch twin of :func:`shared_matmul`: decode to dense, then ``F.linear``."""
+    xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "reference_shared_matmul")
     y = F.linear(torch.from_numpy(xm), torch.from_numpy(w.to_dense()))
-    return output_tensor(y.numpy(), lead, dtype, bias, "reference_sparse_shared_matmul")
+    return output_tensor(y.numpy(), lead, dtype, bias, "reference_shared_matmul")
