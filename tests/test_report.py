@@ -162,7 +162,7 @@ def test_storage_table_shows_bits_before_and_after_huffman() -> None:
     rep = full_report()
     rep["size"]["tensors"] = [{
         "name": "fc1.weight", "codec": "shared(5b)/sparse(7b)+huffman(gaps,codes)", "bytes": 1796,
-        "bits_per_weight": 0.75,
+        "bits_per_weight": 0.75, "index_role": "gaps", "weight_role": "codes",
         "gaps": {"bytes": 931, "huffman": True, "entries": 1348, "fixed_bits": 7, "bits_per_entry": 5.05},
         "codes": {"bytes": 737, "huffman": True, "entries": 1348, "fixed_bits": 5, "bits_per_entry": 4.25},
     }]

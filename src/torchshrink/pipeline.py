@@ -23,6 +23,7 @@ from torch import nn
 
 from . import __version__
 from .data import DataBundle, load_data
+from .forms import FORMS
 from .errors import RecipeError, TorchshrinkError
 from .core.transform import bake
 from .measure import latency_table, layer_stats, model_summary, state_dict_bytes
@@ -164,16 +165,20 @@ def runtime_report(fast: nn.Module, plain: nn.Module, data: DataBundle, recipe: 
 def storage_report(info: Any, file_bytes: int) -> dict[str, Any]:
     """File size and, per tensor, form, codec and bits (Deep Compression Tables 2-3 style).
 
-    Per stream: bytes, entries, whether Huffman coded, the bits per entry as stored and
-    ``fixed_bits``, the entry width before Huffman coding. ``file_bytes`` is measured.
+    Per stream (keyed by its role): bytes, entries, whether Huffman coded, the bits per
+    entry as stored and ``fixed_bits``, the entry width before Huffman coding;
+    ``index_role`` / ``weight_role`` name the position and value streams (from the form).
+    ``file_bytes`` is measured.
     """
     rows = []
     for rec in info.records:
         name = rec["name"]
         numel = max(1, int(np.prod(rec["shape"])))
         nbytes = sum(s["nbytes"] for s in rec["streams"].values())
+        form = FORMS[rec["form"]]
         row: dict[str, Any] = {"name": name, "form": rec["form"], "codec": rec["codec"], "bytes": nbytes,
-                               "bits_per_weight": 8 * nbytes / numel}
+                               "bits_per_weight": 8 * nbytes / numel, "index_role": form.index_role,
+                               "weight_role": form.weight_role}
         for role, stream in rec["streams"].items():
             meta = stream["meta"]
             count = int(np.prod(meta.get("shape", [0]))) if meta.get("shape") else 0
@@ -182,7 +187,8 @@ def storage_report(info: Any, file_bytes: int) -> dict[str, Any]:
             if info.widths[name].get(role) is not None:
                 entry["fixed_bits"] = info.widths[name][role]
             if count:
-                entry["bits_per_entry"] = (meta["stream_bits"] if "stream_bits" in meta else 8 * stream["nbytes"]) / count
+                stored_bits = meta["stream_bits"] if "stream_bits" in meta else 8 * stream["nbytes"]
+                entry["bits_per_entry"] = stored_bits / count
             row[role] = entry
         rows.append(row)
     return {"file_bytes": file_bytes, "header_bytes": info.header_bytes, "tensors": rows}

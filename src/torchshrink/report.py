@@ -189,9 +189,9 @@ def _storage_table(size: Mapping[str, Any]) -> Table | None:
         return str(fixed) if fixed is not None else "—"
 
     for r in rows:
-        value = r.get("codes") or r.get("values") or r.get("indices") or r.get("data")
-        entries = next((e.get("entries") for e in (r.get("gaps"), value) if isinstance(e, Mapping)), None)
-        t.add_row(str(r.get("name")), str(r.get("codec")), _int(entries), bits(r.get("gaps")), bits(value),
+        index, value = r.get(r.get("index_role") or ""), r.get(r.get("weight_role") or "")
+        entries = next((e.get("entries") for e in (index, value) if isinstance(e, Mapping)), None)
+        t.add_row(str(r.get("name")), str(r.get("codec")), _int(entries), bits(index), bits(value),
                   f"{r.get('bits_per_weight', float('nan')):.2f}", _int(r.get("bytes")))
     return t
 

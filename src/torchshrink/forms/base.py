@@ -51,6 +51,8 @@ class Form:
         selected_by: forced codec names (``save(codecs=...)``) that choose this form.
         dtypes: record dtypes this form stores.
         ROLES: stream role -> codecs allowed (override :meth:`roles` when they depend on params).
+        index_role / weight_role: the streams that hold positions and per-weight values, for
+            reports in Deep Compression's "index bits / weight bits" terms (None: no such stream).
     """
 
     name: ClassVar[str]
@@ -58,6 +60,8 @@ class Form:
     selected_by: ClassVar[tuple[str, ...]] = ()
     dtypes: ClassVar[tuple[str, ...]] = FLOATS
     ROLES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    index_role: ClassVar[str | None] = None
+    weight_role: ClassVar[str | None] = None
 
     def roles(self, params: Mapping[str, Any], name: str) -> dict[str, tuple[str, ...]]:
         """The streams a record of this form must hold, with the codecs each may use."""

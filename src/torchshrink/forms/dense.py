@@ -27,6 +27,7 @@ class Dense(Form):
     selected_by = ("dense", "fp16")
     dtypes = tuple(RAW_DTYPES)
     ROLES = {"data": ("dense", "raw")}
+    weight_role = "data"
 
     def encode(self, value: Plain, plan: Any, opts: Options) -> Encoded:
         x, dtype = value.values, value.dtype

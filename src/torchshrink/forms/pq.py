@@ -75,6 +75,7 @@ class PQ(Form):
     packs = "pq"
     selected_by = ("bitpack",)
     ROLES = {"codebooks": FLOAT_CODECS, "codes": INT_CODECS}
+    weight_role = "codes"
 
     def encode(self, value: dict, plan: Any, opts: Options) -> Encoded:
         streams, bits, huff = codebook_streams(value, "", opts)

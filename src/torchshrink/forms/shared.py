@@ -32,6 +32,7 @@ class Shared(Form):
     packs = "shared"
     selected_by = ("bitpack",)
     ROLES = {"codebook": FLOAT_CODECS, "indices": INT_CODECS}
+    weight_role = "indices"
 
     def plan(self, value: dict, opts: Options) -> tuple[int, Any] | None:
         k = np.asarray(value["codebook"]).size

@@ -25,6 +25,7 @@ class SharedSparse(Shared):
     name = "shared_sparse"
     selected_by = ("sparse",)
     ROLES = {"codebook": FLOAT_CODECS, "gaps": INT_CODECS, "codes": INT_CODECS}
+    index_role, weight_role = "gaps", "codes"
 
     def plan(self, value: dict, opts: Options) -> tuple[int, Any] | None:
         k = np.asarray(value["codebook"]).size

@@ -27,6 +27,7 @@ class Sparse(Form):
     name = "sparse"
     selected_by = ("sparse",)
     ROLES = {"gaps": INT_CODECS, "values": FLOAT_CODECS}
+    index_role, weight_role = "gaps", "values"
 
     def plan(self, value: Plain, opts: Options) -> tuple[int, Any] | None:
         x = value.values + value.values.dtype.type(0)  # -0.0 -> +0.0, every other value unchanged

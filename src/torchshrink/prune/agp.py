@@ -28,6 +28,10 @@ from .magnitude import SparsitySpec, fraction, sparsity_mask
 from .masks import broadcast_masks, ensure_mask, mask_of, set_mask
 
 
+#: Δt, training steps between mask updates, when none is given.
+FREQUENCY = 10
+
+
 def agp_sparsity(step: int, *, initial: float, final: float, start: int, frequency: int, n: int) -> float:
     """Target sparsity at training step ``step`` (Zhu & Gupta Eq. 1).
 
@@ -60,7 +64,7 @@ class AGP(Callback):
         initial_sparsity: float = 0.0,
         start_epoch: float = 0.0,
         end_epoch: float = 1.0,
-        frequency: int = 10,
+        frequency: int = FREQUENCY,
         layers: Sequence[str] | str | None = None,
         exclude: Sequence[str] | str | None = None,
     ) -> None:
@@ -115,7 +119,7 @@ class AGPSpec(LayerStage):
     initial_sparsity: Sparsity = Field(0.0, description="s_i")
     start_epoch: float = Field(0.0, ge=0, description="t0, in epochs")
     end_epoch: float = Field(..., gt=0, description="t0 + nΔt, in epochs")
-    frequency: int = POSITIVE_INT.field(10, description="steps between mask updates (Δt)")
+    frequency: int = POSITIVE_INT.field(FREQUENCY, description="steps between mask updates (Δt)")
 
 
 def _apply(ctx: Any, spec: AGPSpec, finetune: TrainConfig) -> Step:

@@ -30,6 +30,8 @@ from ..train import Callback, TrainConfig, TrainContext
 from .masks import broadcast_masks, ensure_mask, mask_of, set_mask
 
 SparsitySpec = float | Mapping[str, float]
+#: Prune → retrain rounds when none is given.
+ITERATIONS = 3
 QUALITY = Interval(float, 0.0, None)
 SCOPES = OneOf(("layer", "global"))
 
@@ -197,7 +199,7 @@ class IterativePruning(Callback):
         sparsity: SparsitySpec | None = None,
         *,
         quality: SparsitySpec | None = None,
-        iterations: int = 3,
+        iterations: int = ITERATIONS,
         epochs_per_iteration: int = 1,
         layers: Sequence[str] | str | None = None,
         exclude: Sequence[str] | str | None = None,
@@ -261,7 +263,7 @@ class MagnitudeSpec(LayerStage):
     sparsity: Sparsity | dict[str, Sparsity] | None = Field(None, description="fraction of weights removed, per layer")
     quality: float | dict[str, float] | None = Field(None, description="threshold = quality × std of the layer")
     scope: Literal["layer", "global"] = "layer"
-    iterations: int = POSITIVE_INT.field(3, description="prune → retrain rounds")
+    iterations: int = POSITIVE_INT.field(ITERATIONS, description="prune → retrain rounds")
     scale_dropout: bool = Field(True, description="dropout rate × sqrt(kept fraction) (Han et al. Eq. 2)")
 
     @model_validator(mode="after")

@@ -50,6 +50,8 @@ MAX_CODEWORDS = 1 << 16
 SUBVECTOR = Interval(int, 1, 1 << 31)
 CODEWORDS = Interval(int, 1, MAX_CODEWORDS)
 ITERS = Interval(int, 0, 1 << 31)
+#: Defaults of the Python API and the recipe stage alike: d = 4, K = 256 (uint8 codes).
+SUBVECTOR_DEFAULT, CODEWORDS_DEFAULT = 4, 256
 
 
 def _check_int(value: Any, name: str, constraint: Interval) -> int:
@@ -192,8 +194,9 @@ class ProductQuantized(_VQ):
         self.register_buffer("codes", codes.to(torch.int64).clone())
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, subvector: int = 4, codewords: int = 256, *,
-                    iters: int = 20, seed: int = 0, name: str = "layer") -> ProductQuantized:
+    def from_weight(cls, weight: torch.Tensor, subvector: int = SUBVECTOR_DEFAULT,
+                    codewords: int = CODEWORDS_DEFAULT, *, iters: int = 20, seed: int = 0,
+                    name: str = "layer") -> ProductQuantized:
         """Product-quantize ``weight`` with ``codewords`` (capped at ``out``) per sub-space."""
         check_weight(weight, name)
         out, _, d, _ = layout(weight.shape, subvector)
@@ -241,7 +244,7 @@ def attach_all(model: nn.Module, layers, exclude, build) -> nn.Module:
     return model
 
 
-def product_quantize(model: nn.Module, subvector: int = 4, codewords: int = 256, *,
+def product_quantize(model: nn.Module, subvector: int = SUBVECTOR_DEFAULT, codewords: int = CODEWORDS_DEFAULT, *,
                      layers: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
                      iters: int = 20, seed: int = 0) -> nn.Module:
     """Attach :class:`ProductQuantized` to the selected layers (in place, after existing transforms).
@@ -279,8 +282,8 @@ class PQSpec(LayerStage):
     """Gong et al. 2014 §3.2: product quantization along the input dimension."""
 
     technique: Literal["pq"]
-    subvector: int = SUBVECTOR.field(4, description="sub-vector length d")
-    codewords: int = Interval(int, 2, MAX_CODEWORDS).field(256, description="codewords K per sub-space")
+    subvector: int = SUBVECTOR.field(SUBVECTOR_DEFAULT, description="sub-vector length d")
+    codewords: int = Interval(int, 2, MAX_CODEWORDS).field(CODEWORDS_DEFAULT, description="codewords K per sub-space")
 
 
 def _apply(ctx: Any, spec: PQSpec, finetune: Any) -> Step:

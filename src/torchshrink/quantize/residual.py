@@ -20,10 +20,11 @@ from ..core.params import Interval, check
 from ..core.technique import LayerStage, Step, Technique
 from ..errors import ModelError
 from .kmeans import index_dtype
-from .product import (CODEWORDS, MAX_CODEWORDS, SUBVECTOR, _gather, _VQ, attach_all, check_weight,
-                      kmeans_subspaces, layout, storage_bits, subvectors)
+from .product import (CODEWORDS, CODEWORDS_DEFAULT, MAX_CODEWORDS, SUBVECTOR, SUBVECTOR_DEFAULT, _gather, _VQ,
+                      attach_all, check_weight, kmeans_subspaces, layout, storage_bits, subvectors)
 
 STAGES = Interval(int, 1, 64)
+STAGES_DEFAULT = 2
 
 
 class ResidualQuantized(_VQ):
@@ -47,7 +48,8 @@ class ResidualQuantized(_VQ):
 
     @classmethod
     @torch.no_grad()
-    def from_weight(cls, weight: torch.Tensor, stages: int = 2, codewords: int = 256, subvector: int | None = None,
+    def from_weight(cls, weight: torch.Tensor, stages: int = STAGES_DEFAULT, codewords: int = CODEWORDS_DEFAULT,
+                    subvector: int | None = None,
                     *, iters: int = 20, seed: int = 0, name: str = "layer") -> ResidualQuantized:
         """Quantize ``weight`` in ``stages`` rounds, each on the float32 residual of the previous ones."""
         check_weight(weight, name)
@@ -88,7 +90,8 @@ class ResidualQuantized(_VQ):
         return f"shape={self.shape}, stages={T}, subspaces={S}, codewords={K}, subvector={d}, pad={self.pad}"
 
 
-def residual_quantize(model: nn.Module, stages: int = 2, codewords: int = 256, subvector: int | None = None, *,
+def residual_quantize(model: nn.Module, stages: int = STAGES_DEFAULT, codewords: int = CODEWORDS_DEFAULT,
+                      subvector: int | None = None, *,
                       layers: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
                       iters: int = 20, seed: int = 0) -> nn.Module:
     """Attach :class:`ResidualQuantized` (``stages`` rounds; ``subvector=None`` = whole rows)."""
@@ -118,9 +121,11 @@ class RQSpec(LayerStage):
     """Gong et al. 2014 §3.3: residual quantization, stage by stage."""
 
     technique: Literal["rq"]
-    stages: int = Interval(int, 1, 8).field(2, description="quantization rounds on the residual")
-    subvector: int = SUBVECTOR.field(4, description="sub-vector length d")
-    codewords: int = Interval(int, 2, MAX_CODEWORDS).field(256, description="codewords K per sub-space and stage")
+    stages: int = Interval(int, 1, 8).field(STAGES_DEFAULT, description="quantization rounds on the residual")
+    subvector: int = SUBVECTOR.field(SUBVECTOR_DEFAULT, description="sub-vector length d (the Python API's "
+                                     "default is the whole row, Gong's setting)")
+    codewords: int = Interval(int, 2, MAX_CODEWORDS).field(CODEWORDS_DEFAULT,
+                                                           description="codewords K per sub-space and stage")
 
 
 def _apply(ctx: Any, spec: RQSpec, finetune: Any) -> Step:
