@@ -93,9 +93,11 @@ def test_pack_bits_rejects_bits_out_of_range(bits):
         pack_bits(np.array([1]), bits)
 
 
-@pytest.mark.parametrize("values", [np.array([-1, 0]), np.array([0, 32]), np.array([0.5])])
-def test_pack_bits_rejects_codes_out_of_range(values):
-    with pytest.raises(TskFormatError):
+@pytest.mark.parametrize(("values", "message"), [(np.array([-1, 0]), r"must lie in \[0, 31\] for bits=5"),
+                                                 (np.array([0, 32]), r"must lie in \[0, 31\] for bits=5"),
+                                                 (np.array([0.5]), "must be an integer array")])
+def test_pack_bits_rejects_codes_out_of_range(values, message):
+    with pytest.raises(TskFormatError, match=message):
         pack_bits(values, 5)
 
 
@@ -116,7 +118,7 @@ def test_unpack_bits_rejects_nonzero_padding():
 
 
 def test_unpack_bits_rejects_non_bytes():
-    with pytest.raises(TskFormatError):
+    with pytest.raises(TskFormatError, match="must be bytes-like. Got str"):
         unpack_bits("abc", 8, 3)
 
 
@@ -156,12 +158,14 @@ def test_dense_rejects_wrong_length():
         decode(data[:-4], meta)
 
 
-@pytest.mark.parametrize(
-    "bad", [{"dtype": "float64"}, {"shape": [-1, 4]}, {"shape": "3x4"}, {"codec": "nope"}, {"shape": [10**9, 10**9]}]
-)
-def test_dense_rejects_inconsistent_meta(bad):
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"dtype": "float64"}, "'dtype' must be one of"), ({"shape": [-1, 4]}, "'shape' parameter must be an int in"),
+    ({"shape": "3x4"}, "'shape' must be a list"), ({"codec": "nope"}, "Unknown codec 'nope'"),
+    ({"shape": [10**9, 10**9]}, "more than 2\\*\\*40 elements"),
+])
+def test_dense_rejects_inconsistent_meta(bad, message):
     data, meta = encode_dense(np.zeros((3, 4), dtype=np.float32))
-    with pytest.raises(TskFormatError):
+    with pytest.raises(TskFormatError, match=message):
         decode(data, {**meta, **bad})
 
 

@@ -169,7 +169,9 @@ def test_rejects_bad_parameters(kwargs, message):
         kmeans1d(normal_weights(10), 3, **kwargs)
 
 
-@pytest.mark.parametrize("x", [np.zeros(0), np.array(["a", "b"]), np.array([1 + 2j])])
-def test_rejects_empty_or_non_real_input(x):
-    with pytest.raises(ModelError):
+@pytest.mark.parametrize(("x", "message"), [(np.zeros(0), "at least one value"),
+                                             (np.array(["a", "b"]), "real-valued array"),
+                                             (np.array([1 + 2j]), "real-valued array")])
+def test_rejects_empty_or_non_real_input(x, message):
+    with pytest.raises(ModelError, match=message):
         kmeans1d(x, 2)
