@@ -230,10 +230,13 @@ def test_sparse_from_packed_takes_256_levels_and_no_more():
     assert SharedWeightsKernel.from_packed(packed) is None
 
 
-def test_sparse_from_packed_rejects_a_zero_level():
+def test_sparse_from_packed_declines_what_the_kernels_cannot_run():
+    """A 0 among the shared levels, or a first level that is not the pruned 0: no kernel (the
+    loaded model keeps the decoded dense layer, so both load paths agree)."""
     packed = SharedWeights(torch.tensor([0.0, 0.5]), torch.tensor([[1, 2], [0, 1]]), bits=2).pack(torch.zeros(2, 2))
-    with pytest.raises(ModelError, match="nonzero"):
-        SharedWeightsKernel.from_packed(packed)
+    assert SharedWeightsKernel.from_packed(packed) is None
+    shifted = {**packed, "codebook": np.array([0.25, 0.5, 1.0], np.float32)}
+    assert SharedWeightsKernel.from_packed(shifted) is None
 
 
 def test_sparse_shape_mismatch_names_both_shapes():

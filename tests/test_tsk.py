@@ -475,8 +475,10 @@ def test_claimed_size_is_checked_before_allocating(lenet_file) -> None:
         record(doc, "fc3.bias")["shape"] = [1 << 30]  # the all-zero bias has an empty gap stream
 
     resign(lenet_file, edit)
+    with pytest.raises(TskFormatError, match=r"declares 4,296,033,696 bytes of tensors, more than the 4,294,967,296"):
+        read_tsk(lenet_file)  # the default cap refuses before anything is decoded
     with pytest.raises(TskFormatError, match="cannot cover"):
-        read_tsk(lenet_file).tensor("fc3.bias")
+        read_tsk(lenet_file, max_bytes=1 << 33).tensor("fc3.bias")  # and the stream is checked before allocating
 
 
 def test_huge_declared_tensor(lenet_file) -> None:
@@ -492,3 +494,80 @@ def test_hostile_architecture_is_checked_without_allocating(lenet_file) -> None:
     resign(lenet_file, edit)
     with pytest.raises(TskFormatError, match="Shape mismatch"):
         load(lenet_file)
+
+
+# --- invariants both load paths share ------------------------------------------------------
+
+
+def test_shared_codebook_must_start_with_zero_on_both_paths(tmp_path) -> None:
+    path = tmp_path / "s.tsk"
+    save(shared_net(), path, codecs={"0.weight": "bitpack"})
+
+    def edit(doc, blobs):
+        rec = record(doc, "0.weight")
+        blob = rec["streams"]["codebook"]["blob"]
+        cb = np.frombuffer(blobs[blob], "<f4").copy()
+        cb[0] = 0.5
+        blobs[blob] = cb.tobytes()
+        rec["streams"]["codebook"]["crc32"] = f"{__import__('zlib').crc32(blobs[blob]) & 0xFFFFFFFF:08x}"
+
+    resign(path, edit)
+    for dense in (False, True):
+        with pytest.raises(TskFormatError, match=r"Tensor '0.weight'.*codebook must start with 0.0"):
+            load(path, model=shared_net_plain(), dense=dense)
+
+
+def shared_net_plain() -> nn.Module:
+    return nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+
+
+def test_record_dtype_must_fit_its_stream(tmp_path) -> None:
+    path = tmp_path / "u.tsk"
+    save(small_net(), path, codecs={"3.bias": "dense"})
+    resign(path, lambda doc, blobs: record(doc, "3.bias").update(dtype="bool"))
+    with pytest.raises(TskFormatError, match=r"Tensor '3.bias'.*'bool' tensor cannot be stored as dense floats"):
+        read_tsk(path).tensor("3.bias")
+
+
+def test_nan_in_a_stored_tensor_is_refused(tmp_path) -> None:
+    net = small_net()
+    with torch.no_grad():
+        net[3].bias[2] = float("nan")
+    save(net, tmp_path / "n.tsk")
+    with pytest.raises(TskFormatError, match=r"Tensor '3.bias'.*NaN or infinite"):
+        load(tmp_path / "n.tsk", model=small_net())
+
+
+def test_unreadable_file_is_a_format_error(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "u.tsk"
+    save(small_net(), path)
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "open", denied)
+    with pytest.raises(TskFormatError, match="Cannot read the .tsk file .*Permission denied"):
+        read_tsk(path)
+
+
+def test_caller_sets_the_decoded_size_cap(tmp_path) -> None:
+    save(small_net(), tmp_path / "u.tsk")
+    declared = read_tsk(tmp_path / "u.tsk").decoded_bytes()
+    assert declared == sum(t.numel() * t.element_size() for t in effective_state_dict(small_net()).values())
+    with pytest.raises(TskFormatError, match=f"declares {declared:,} bytes of tensors, more than the {declared - 1:,}"):
+        load(tmp_path / "u.tsk", model=small_net(), max_bytes=declared - 1)
+    load(tmp_path / "u.tsk", model=small_net(), max_bytes=declared)
+
+
+def test_a_padded_file_is_mapped_not_read(tmp_path) -> None:
+    import resource
+
+    path = tmp_path / "big.tsk"
+    save(small_net(), path)
+    with path.open("ab") as fh:
+        fh.truncate(path.stat().st_size + (1 << 30))  # 1 GiB of trailing zeros (sparse on disk)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(TskFormatError, match="truncated or has extra bytes"):
+        read_tsk(path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 64

@@ -30,6 +30,7 @@ executes code anyway (json + raw bytes, no pickle).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -183,13 +184,22 @@ def _not_ascii() -> str:
 def read_container(path: str | Path) -> tuple[dict[str, Any], dict[str, memoryview], int, int]:
     """Read and validate a ``.tsk`` container: ``(document, blobs, file_bytes, header_bytes)``.
 
-    The document's own CRC is checked; blob CRCs are left to whoever decodes the blob.
+    The file is memory-mapped; the header length is checked against the file size before
+    the header is parsed, the entries must tile the data area exactly, and the blobs are
+    views of the mapping. The document's own CRC is checked; blob CRCs are left to
+    whoever decodes the blob.
     """
     path = Path(path)
     if not path.is_file():
         raise TskFormatError(f"The .tsk file {str(path)!r} does not exist.")
-    with path.open("rb") as fh:
-        raw = fh.read()
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            # Mapped, not read: only the parts the header declares (and a decoder asks for)
+            # are ever paged in, so a huge or padded file costs no memory before its checks.
+            raw = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    except OSError as exc:
+        raise TskFormatError(f"Cannot read the .tsk file {str(path)!r}: {exc.strerror or exc}.") from None
     return parse_container(raw, str(path)) + (len(raw), 8 + _header_len(raw, str(path)))
 
 

@@ -27,6 +27,12 @@ from .errors import TskFormatError, check_shape
 #: Largest tensor (elements) a file may declare; keeps a hostile record from asking for
 #: more memory than any real layer needs.
 MAX_TENSOR_ELEMENTS = 1 << 32
+#: Default cap on the bytes of all decoded tensors of one file (``read_tsk(max_bytes=...)``).
+DEFAULT_MAX_BYTES = 4 << 30
+#: A stream holds at most ``2 × elements + STREAM_SLACK`` entries of its tensor (a relative-
+#: index stream has at most one padding entry per stored one; codebooks are small): checked
+#: before any stream is decoded, so a few bytes of Huffman code cannot decode to gigabytes.
+STREAM_SLACK = 1 << 20
 _HEX8 = re.compile(r"[0-9a-f]{8}")
 
 
@@ -122,11 +128,31 @@ class TskFile:
                 f"Shape mismatch in tensor {name!r}: stream {role!r} has shape {claimed!r}, expected {want}."
             )
         try:
-            return decode(data, meta)
+            _, entries = check_shape(claimed)
+        except TskFormatError as exc:
+            raise TskFormatError(f"Tensor {name!r} (stream {role!r}): {exc}") from None
+        limit = 2 * self.numel(name) + STREAM_SLACK
+        if entries > limit:
+            raise TskFormatError(f"Tensor {name!r}: stream {role!r} declares {entries} entries, more than a tensor of "
+                                 f"{self.numel(name)} elements can need ({limit}); the file is corrupted.")
+        try:
+            arr = decode(data, meta)
         except TskFormatError as exc:
             raise TskFormatError(f"Tensor {name!r} (stream {role!r}): {exc}") from None
         except (ValueError, TypeError, IndexError, OverflowError) as exc:  # a meta no decoder foresaw
             raise TskFormatError(f"Tensor {name!r} (stream {role!r}) is malformed: {exc}") from None
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise TskFormatError(f"Tensor {name!r} (stream {role!r}) holds NaN or infinite values; "
+                                 "the file is corrupted or the model diverged.")
+        return arr
+
+    def numel(self, name: str) -> int:
+        """Elements the tensor's record declares."""
+        return int(np.prod(self.record(name)["shape"], dtype=np.int64))
+
+    def decoded_bytes(self) -> int:
+        """Bytes of every tensor once decoded, from the declared shapes and dtypes."""
+        return sum(self.numel(n) * np.dtype(RAW_DTYPES[r["dtype"]][0]).itemsize for n, r in self.records.items())
 
     def form(self, name: str) -> forms.Form:
         """The registered form a tensor is stored in."""
@@ -172,8 +198,12 @@ class TskFile:
         return {name: self.tensor(name) for name in self.records}
 
 
-def read_tsk(path: str | Path) -> TskFile:
-    """Open a ``.tsk`` file: validate the container and records; decode nothing yet."""
+def read_tsk(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> TskFile:
+    """Open a ``.tsk`` file: validate the container and records; decode nothing yet.
+
+    ``max_bytes`` caps what decoding every tensor may allocate (declared shapes × dtypes);
+    a file that declares more is refused here, before anything is decoded.
+    """
     doc, blobs, file_bytes, header_bytes = read_container(path)
     arch = doc.get("architecture")
     tensors = doc.get("tensors")
@@ -192,5 +222,10 @@ def read_tsk(path: str | Path) -> TskFile:
     extra = sorted(set(blobs) - used)
     if extra:
         raise TskFormatError(f"The .tsk file holds blob(s) no tensor uses: {extra[:3]}; it is corrupted.")
-    return TskFile(Path(path), file_bytes, header_bytes, doc["format"], spec, surgery, records, blobs)
+    f = TskFile(Path(path), file_bytes, header_bytes, doc["format"], spec, surgery, records, blobs)
+    declared = f.decoded_bytes()
+    if declared > max_bytes:
+        raise TskFormatError(f"{path} declares {declared:,} bytes of tensors, more than the {max_bytes:,} allowed; "
+                             "pass max_bytes= to read larger files.")
+    return f
 

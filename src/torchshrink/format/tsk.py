@@ -48,7 +48,7 @@ from ..surgery.plan import parse_plan, replay_plan
 from .codecs import RAW_DTYPES
 from .container import FORMAT_VERSION, crc32_hex, write_container
 from .errors import TskFormatError
-from .records import TskFile, read_tsk
+from .records import DEFAULT_MAX_BYTES, TskFile, read_tsk
 from .streams import Encoded, Options
 
 
@@ -326,7 +326,8 @@ def _check_fits(f: TskFile, model: nn.Module) -> None:
             )
 
 
-def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense: bool = False) -> nn.Module:
+def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense: bool = False,
+         max_bytes: int = DEFAULT_MAX_BYTES) -> nn.Module:
     """Load a ``.tsk`` file (a path, or a :class:`TskFile` already read) as a model in eval mode.
 
     ``dense=False`` (the default): each layer whose weight is stored in a packed form
@@ -340,9 +341,10 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
     Shapes are checked before any tensor is decoded -- for a rebuilt model against a
     memory-free ``meta`` skeleton (surgery replayed there too), so a hostile spec cannot
     make it allocate -- and the architecture is built for real only once every tensor
-    has decoded.
+    has decoded. ``max_bytes`` caps the decoded tensors (see :func:`read_tsk`). A file that
+    loads gives the same outputs both ways (runtime modules within float32 rounding).
     """
-    f = source if isinstance(source, TskFile) else read_tsk(source)
+    f = source if isinstance(source, TskFile) else read_tsk(source, max_bytes=max_bytes)
     if model is None:
         _check_fits(f, _architecture(f, skeleton=True))
         state = f.state_dict()
@@ -368,7 +370,10 @@ def runtime_model(f: TskFile, plain: nn.Module) -> nn.Module:
         key = tensor_key(name, "weight")
         if key not in f.records or f.form(key).packs is None:
             continue
-        module = f.form(key).runtime(layer, f.packed(key))
+        try:
+            module = f.form(key).runtime(layer, f.packed(key))
+        except ModelError:  # a value no kernel runs (e.g. a zero among the shared levels): stay dense
+            module = None
         if module is None:
             continue
         parent_name, _, child = name.rpartition(".")
@@ -379,13 +384,13 @@ def runtime_model(f: TskFile, plain: nn.Module) -> nn.Module:
     return fuse(plain, fast).eval()
 
 
-def inspect_rows(source: str | Path | TskFile) -> list[dict[str, Any]]:
+def inspect_rows(source: str | Path | TskFile, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict[str, Any]]:
     """One row per tensor: name, codec, shape, numel, nonzeros, bits per weight, bytes, share.
 
     ``bits_per_weight`` = 8 × the tensor's blob bytes / its elements; ``share`` = the
     tensor's bytes / the whole file (the rest is header).
     """
-    f = source if isinstance(source, TskFile) else read_tsk(source)
+    f = source if isinstance(source, TskFile) else read_tsk(source, max_bytes=max_bytes)
     rows = []
     for name in f.names:
         t = f.tensor(name)

@@ -10,7 +10,7 @@ import numpy as np
 from ..format.errors import TskFormatError
 from ..format.codecs import RAW_DTYPES
 from ..format.streams import Encoded, Options, Stream, float_stream
-from .base import Form, Plain, StreamReader
+from .base import FLOATS, Form, Plain, StreamReader
 
 
 def encode_raw(arr: np.ndarray, dtype_name: str) -> Stream:
@@ -39,8 +39,9 @@ class Dense(Form):
         return Encoded("dense", label, streams=[float_stream("data", x)])
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> np.ndarray:
-        arr = read("data", rec["shape"])
         meta = rec["streams"]["data"]["meta"]
-        if meta["codec"] == "raw" and meta["dtype"] != rec["dtype"]:
-            raise TskFormatError(f"raw dtype differs from the record's {rec['dtype']!r}.")
-        return arr
+        if meta["codec"] == "raw" and meta.get("dtype") != rec["dtype"]:
+            raise TskFormatError(f"raw dtype {meta.get('dtype')!r} differs from the record's {rec['dtype']!r}.")
+        if meta["codec"] == "dense" and rec["dtype"] not in FLOATS:
+            raise TskFormatError(f"a {rec['dtype']!r} tensor cannot be stored as dense floats; the file is corrupted.")
+        return read("data", rec["shape"])

@@ -27,6 +27,18 @@ from .base import Form, StreamReader, codes, floats, get
 MAX_CODEBOOK = 1 << 16
 
 
+def check_zero(codebook: np.ndarray) -> np.ndarray:
+    """A stored codebook, refused unless ``codebook[0] == 0.0`` (index 0 is a pruned weight).
+
+    Every writer stores the zero first; the runtime kernels skip index 0 as a zero, so a
+    file that breaks the rule would load one way and run another.
+    """
+    if codebook.size == 0 or codebook[0] != 0:
+        raise TskFormatError("the shared codebook must start with 0.0 (index 0 = a pruned weight); "
+                             "the file is corrupted.")
+    return codebook
+
+
 class Shared(Form):
     name = "shared"
     packs = "shared"
@@ -49,7 +61,7 @@ class Shared(Form):
                        [float_stream("codebook", codebook), int_stream("indices", value["indices"], bits, plan)])
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
-        return {"form": "shared", "shape": rec["shape"], "codebook": read("codebook", ndim=1),
+        return {"form": "shared", "shape": rec["shape"], "codebook": check_zero(read("codebook", ndim=1)),
                 "indices": read("indices", rec["shape"])}
 
     def unpack(self, packed: Mapping[str, Any]) -> np.ndarray:

@@ -18,7 +18,7 @@ from ..format.sparse import from_relative_index, to_relative_index
 from ..format.streams import FLOAT_CODECS, INT_CODECS, Encoded, Options, code_bits, float_stream, gap_hist
 from ..format.streams import index_widths, int_choice, int_stream, runs
 from .base import StreamReader
-from .shared import Shared
+from .shared import Shared, check_zero
 
 
 class SharedSparse(Shared):
@@ -59,7 +59,7 @@ class SharedSparse(Shared):
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
         b = check_int(rec["params"].get("index_bits"), "index_bits", 1, 16)
-        codebook = read("codebook", ndim=1)
+        codebook = check_zero(read("codebook", ndim=1))
         gaps = read("gaps", ndim=1)
         entry_codes = read("codes", list(gaps.shape))
         indices = from_relative_index(gaps, entry_codes, rec["shape"], b, zero_code=0)

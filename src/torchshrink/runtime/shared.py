@@ -116,10 +116,11 @@ class SharedWeightsKernel:
     @classmethod
     def from_packed(cls, packed: dict) -> SharedWeightsKernel | None:
         """The kernel layouts of a ``shared`` packed value (``codebook[0] == 0``: index 0 is a
-        pruned zero), or None when the kernels cannot run it (more than 256 nonzero levels)."""
+        pruned zero), or None when the kernels cannot run it (more than 256 nonzero levels,
+        a first level that is not 0, or a 0 among the other levels)."""
         table = np.asarray(packed["codebook"], np.float32)
-        if table.size - 1 > 256 or table.size < 2:
-            return None  # the kernels hold codes in uint8
+        if table.size - 1 > 256 or table.size < 2 or table[0] != 0 or not np.all(table[1:]):
+            return None  # codes are uint8; index 0 is the pruned zero and no other level may be 0
         shape = [int(s) for s in packed["shape"]]
         rows, cols = shape[0], int(np.prod(shape[1:]))
         idx = np.asarray(packed["indices"]).reshape(rows, cols).astype(np.int64)
