@@ -24,7 +24,8 @@ from torch import nn
 from . import __version__
 from .data import DataBundle, load_data
 from .forms import FORMS
-from .errors import RecipeError, TorchshrinkError
+from .errors import RecipeError, TorchshrinkError, TrainingError
+from .files import OutputFolder
 from .core.transform import bake
 from .measure import latency_table, layer_stats, model_summary, state_dict_bytes
 from .models import build_model
@@ -73,21 +74,27 @@ def train_baseline(st: RunState) -> None:
 
 def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: int | None = None,
                progress: bool = True, console: Console | None = None) -> RunResult:
-    """Run ``recipe``, writing checkpoints, ``report.json``, plots and ``model.tsk`` to ``out``."""
+    """Run ``recipe``, writing checkpoints, ``report.json``, plots and ``model.tsk`` to ``out``.
+
+    The run holds ``out`` exclusively (a second run into it is refused); a run that fails
+    leaves no ``model.tsk`` or ``report.json`` behind (see :class:`~torchshrink.files.OutputFolder`).
+    """
+    with OutputFolder(out):
+        return _run(recipe, Path(out), resume, recipe.seed if seed is None else seed, progress, console or Console())
+
+
+def _run(recipe: Recipe, out: Path, resume: bool, seed: int, progress: bool, console: Console) -> RunResult:
     from .format import load, read_tsk, runtime_model, save
     from .report import print_report, write_json, write_plots
 
     t0 = time.perf_counter()
-    console = console or Console()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed = recipe.seed if seed is None else seed
     data, model = prepare(recipe, seed)
     base_cfg = recipe.baseline.train or TrainConfig()
     st = RunState(recipe, data, model, out, seed, resume, progress, console, base_cfg)
     console.print(f"[bold]{recipe.name}[/bold]: {recipe.model.name} on {data.name} "
                   f"({len(data.train)} train / {len(data.test)} test), seed {seed}")
     train_baseline(st)
+    check_finite_outputs(st.model, data, "the baseline")
     baseline = copy.deepcopy(st.model)
     base_acc = evaluate(baseline, data.test)["accuracy"]
     console.print(f"baseline accuracy {base_acc:.4f}")
@@ -100,6 +107,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
         st.history.append({"stage": tag, "technique": stage.technique, "accuracy": acc, "weight_sparsity": sparsity})
         console.print(f"{tag}: accuracy {acc:.4f}, weight sparsity {sparsity:.4f}")
 
+    check_finite_outputs(st.model, data, "the compressed model")
     info = save(st.model, out / "model.tsk", codecs=recipe.save.codecs or None, huffman=recipe.save.huffman)
     result = bake(st.model)
     stored = read_tsk(out / "model.tsk")  # opened once: the decoded and the runtime model come from it
@@ -113,6 +121,22 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, seed: i
     write_json(report, out / "report.json")
     print_report(report, console)
     return RunResult(report, result, baseline, out)
+
+
+@torch.no_grad()
+def check_finite_outputs(model: nn.Module, data: DataBundle, what: str, batch: int = 512) -> None:
+    """Raise a :class:`TrainingError` naming ``what`` unless its test-set outputs are all finite."""
+    was = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        x = data.test.tensors[0]
+        for i in range(0, len(x), batch):
+            if not bool(torch.isfinite(model(x[i : i + batch].to(device))).all()):
+                raise TrainingError(f"{what} gives NaN or infinite outputs on the test set (weights or activations "
+                                    "overflow float32); nothing was saved")
+    finally:
+        model.train(was)
 
 
 @torch.no_grad()

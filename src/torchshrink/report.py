@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import TorchshrinkError
+from .files import atomic_write
 from .plots import _get, _kept, plot_accuracy_vs_kept, plot_schedule, plot_sensitivity, plot_sparsity, write_plots
 
 __all__ = ["plot_accuracy_vs_kept", "plot_schedule", "plot_sensitivity", "plot_sparsity", "print_report",
@@ -48,21 +48,7 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     before any file is touched.
     """
     text = json.dumps(_plain(report, "report"), indent=2, allow_nan=False) + "\n"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, text.encode("utf-8"))
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

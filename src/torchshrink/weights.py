@@ -7,7 +7,6 @@ Used for baselines (``baseline: {load: ...}``) and for the dense result of a run
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ModelError, TorchshrinkError
+from .files import atomic_write
 from .models import build_from_spec
 from .core.transform import effective_state_dict
 
@@ -36,10 +36,7 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     tensors = {k: v.detach().cpu().contiguous() for k, v in effective_state_dict(model).items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write
 from .errors import TskFormatError
 
 #: Largest header accepted (the JSON part); real headers are a few KB per tensor.
@@ -85,15 +86,7 @@ def write_container(path: str | Path, doc: Mapping[str, Any], blobs: Mapping[str
     arrays = {"data": np.frombuffer(data, dtype=np.uint8),
               "doc": np.frombuffer(zlib.compress(text.encode("ascii"), 9), dtype=np.uint8)}
     payload = save(arrays, metadata={META_KEY: FORMAT_VERSION})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, payload)
     return len(payload)
 
 
