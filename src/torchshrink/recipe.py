@@ -68,10 +68,14 @@ class MeasureSpec(_Strict):
     repeats: int = Field(50, ge=3)
 
 
+MAX_SEED = 2**63 - 1
+"""Largest seed a recipe or ``--seed`` may give (torch seeds are 64-bit)."""
+
+
 class Recipe(_Strict):
     name: str = "recipe"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed, 0 .. 2**63 - 1")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where training runs; auto = cuda if available")
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -127,15 +131,29 @@ def shipped_recipes() -> dict[str, str]:
     return {k: (v[0] if v else "") for k, v in out.items()}
 
 
+MAX_RECIPE_BYTES = 1 << 20
+"""Largest recipe file read (recipes are a few hundred bytes)."""
+MAX_RECIPE_VALUES = 100_000
+"""Most values (mappings, lists, scalars) a recipe may hold once YAML aliases are expanded."""
+MAX_RECIPE_DEPTH = 64
+"""Deepest nesting of mappings and lists a recipe may have."""
+
+
 def recipe_text(path_or_name: str | Path) -> tuple[str, str]:
     """(YAML text, where it came from) for a path or the name of a shipped recipe."""
     p = Path(path_or_name)
-    if p.is_file():
-        return p.read_text(), str(p)
+    try:
+        is_file = p.is_file()
+    except OSError as e:  # e.g. a folder on the way that cannot be searched
+        raise RecipeError(f"cannot read recipe file {str(p)!r}: {e.strerror or e}") from None
+    if is_file:
+        return _read_recipe_file(p), str(p)
     name = str(path_or_name).removesuffix(".yaml")
     res = resources.files("torchshrink.recipes") / f"{name}.yaml"
     if "/" not in name and res.is_file():
-        return res.read_text(), f"shipped recipe {name!r}"
+        return res.read_text(encoding="utf-8"), f"shipped recipe {name!r}"
+    if p.is_dir():
+        raise RecipeError(f"{str(p)!r} is a folder, not a recipe file; give the path of a .yaml file")
     known = list(shipped_recipes())
     hint = difflib.get_close_matches(name, known, n=1)
     raise RecipeError(
@@ -145,6 +163,58 @@ def recipe_text(path_or_name: str | Path) -> tuple[str, str]:
     )
 
 
+def _read_recipe_file(p: Path) -> str:
+    """The UTF-8 text of a recipe file; unreadable, huge or non-UTF-8 files are a RecipeError."""
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe file {str(p)!r}: {e.strerror or e}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe file {str(p)!r} is larger than {MAX_RECIPE_BYTES:,} bytes; "
+                          "a recipe is a short YAML text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe file {str(p)!r} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                          f"{e.start}); save it as UTF-8 YAML") from None
+
+
+def check_recipe_size(data: Any, origin: str = "recipe") -> None:
+    """Refuse recipe data with more than :data:`MAX_RECIPE_VALUES` values or deeper than
+    :data:`MAX_RECIPE_DEPTH` levels, counting a YAML alias every time it is reached.
+
+    Runs in time proportional to the budget, so a "billion laughs" document (nested
+    anchors and aliases) or a self-referencing alias is refused at once instead of being
+    expanded by validation or by the repr in an error message.
+    """
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_RECIPE_VALUES:
+            raise RecipeError(f"{origin}: holds more than {MAX_RECIPE_VALUES:,} values once YAML aliases (*name) are "
+                              "expanded; a recipe is small, so this looks like a 'billion laughs' document")
+        if isinstance(node, (dict, list, tuple, set)):
+            if depth >= MAX_RECIPE_DEPTH:
+                raise RecipeError(f"{origin}: nests mappings or lists more than {MAX_RECIPE_DEPTH} levels deep "
+                                  "(or an alias refers to its own anchor)")
+            children = [v for kv in node.items() for v in kv] if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children)
+
+
+def _safe_load(text: str, what: str) -> Any:
+    """``yaml.safe_load`` whose failures (bad YAML, nesting deeper than the parser's stack) are RecipeErrors."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{what}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise RecipeError(f"{what}: nests mappings or lists too deeply for the YAML parser "
+                          f"(a recipe needs a few levels, at most {MAX_RECIPE_DEPTH})") from None
+
+
 def load_recipe(path_or_name: str | Path = "default", overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe; every problem becomes one :class:`RecipeError`.
 
@@ -152,10 +222,8 @@ def load_recipe(path_or_name: str | Path = "default", overrides: list[str] | Non
     index: ``stages.0.finetune.epochs=2``), applied before validation.
     """
     text, origin = recipe_text(path_or_name)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{origin}: not valid YAML: {str(e).splitlines()[0]}") from None
+    data = _safe_load(text, origin)
+    check_recipe_size(data, origin)
     for item in overrides or []:
         apply_override(data, item)
     return parse_recipe(data, origin)
@@ -170,6 +238,9 @@ def apply_override(data: Any, item: str) -> None:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         raise RecipeError(f"override {item!r}: the value is not valid YAML") from None
+    except RecursionError:
+        raise RecipeError(f"override {item[:60]!r}: the value nests too deeply") from None
+    check_recipe_size(value, f"override {item[:60]!r}")
     parts = key.split(".")
     node = data
     for i, part in enumerate(parts):
@@ -194,6 +265,7 @@ def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:
     """Validate a recipe given as plain data (a dict)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    check_recipe_size(data, origin)
     model = recipe_model()
     try:
         return model.model_validate(data)

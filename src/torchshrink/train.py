@@ -16,6 +16,7 @@ as :class:`Callback` objects (pruning schedules, regularizers, proximal steps).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from .errors import CheckpointError, TrainingError
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -42,15 +44,17 @@ CHECKPOINT_FORMAT = "torchshrink-checkpoint/1"
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training run (a recipe's ``train``/``finetune`` block)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    # Bounded so that torch's optimizers can cast them to float32 (1e308 overflows inside
+    # SGD's update); no network trains at a learning rate near these bounds.
+    lr: float = Field(0.05, gt=0, le=1e3)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1e3)
     schedule: Literal["constant", "cosine", "step", "multistep"] = "cosine"
     step_size: int = Field(30, ge=1, description="epochs between decays ('step')")
     gamma: float = Field(0.1, gt=0, le=1)
@@ -146,7 +150,7 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
 # ---------------------------------------------------------------- data
 def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
     """This rank's sample order for ``epoch``: a seeded permutation, padded and sharded."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)  # torch seeds are 64-bit
     perm = torch.randperm(n, generator=g)
     if world > 1:
         per_rank = math.ceil(n / world)
@@ -171,7 +175,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
     """Accuracy (fraction) and mean cross-entropy of ``model`` on ``dataset``."""
     was_training = model.training
     model.eval()
-    device = device or next(model.parameters()).device
+    device = device or _model_device(model)
     correct, loss, n = 0, 0.0, 0
     try:
         for x, y in iterate_batches(dataset, torch.arange(len(dataset)), batch_size):
@@ -185,6 +189,16 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU.
+
+    Runtime modules loaded from a ``.tsk`` file hold their compressed weights as buffers
+    (or plain arrays) and may have no parameters at all.
+    """
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
 # ---------------------------------------------------------------- checkpoints
 def _fingerprint(cfg: TrainConfig, seed: int, n_train: int) -> str:
     blob = json.dumps({"cfg": cfg.model_dump(), "seed": seed, "n": n_train}, sort_keys=True)
@@ -192,14 +206,9 @@ def _fingerprint(cfg: TrainConfig, seed: int, n_train: int) -> str:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``state`` atomically: a reader sees the old file or the new one, never half, and an
+    interrupted write leaves no temporary (:func:`torchshrink.files.atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -56,6 +56,17 @@ def load_data(
     directory = default_root() if root is None else Path(root).expanduser()
     if name == "digits":
         return load_digits_bundle(split_seed, limit)
-    if name == "cifar10":
-        return load_cifar10_bundle(directory, bool(download), limit)
-    return load_idx_bundle(name, directory, bool(download), limit)
+    try:
+        if name == "cifar10":
+            return load_cifar10_bundle(directory, bool(download), limit)
+        return load_idx_bundle(name, directory, bool(download), limit)
+    except DataError as exc:
+        message = str(exc)
+        if download or "pass download=True" not in message:
+            raise
+        raise DataError(message.replace("pass download=True", DOWNLOAD_HINT)) from None
+
+
+DOWNLOAD_HINT = ("let torchshrink fetch it: download=True in Python, 'data.download: true' in a recipe, "
+                 "'--set data.download=true' on the command line (run, sensitivity) or '--download' (eval, bench)")
+"""How to allow a download, in every way a user can: the end of a missing-data message."""
