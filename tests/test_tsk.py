@@ -477,8 +477,10 @@ def test_claimed_size_is_checked_before_allocating(lenet_file) -> None:
     resign(lenet_file, edit)
     with pytest.raises(TskFormatError, match=r"declares 4,296,033,696 bytes of tensors, more than the 4,294,967,296"):
         read_tsk(lenet_file)  # the default cap refuses before anything is decoded
-    with pytest.raises(TskFormatError, match="cannot cover"):
-        read_tsk(lenet_file, max_bytes=1 << 33).tensor("fc3.bias")  # and the stream is checked before allocating
+    with pytest.raises(TskFormatError, match=r"from 99,630 bytes of file, more than 256× expansion allows .*'fc3.bias'"):
+        read_tsk(lenet_file, max_bytes=1 << 33)  # so does the file's own size
+    with pytest.raises(TskFormatError, match="cannot cover"):  # and the stream is checked before allocating
+        read_tsk(lenet_file, max_bytes=1 << 33, max_expansion=1e6).tensor("fc3.bias")
 
 
 def test_huge_declared_tensor(lenet_file) -> None:

@@ -30,6 +30,7 @@ executes code anyway (json + raw bytes, no pickle).
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -46,7 +47,7 @@ from .errors import TskFormatError
 #: Largest header accepted (the JSON part); real headers are a few KB per tensor.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 #: Largest inflated document accepted.
-MAX_DOC_BYTES = 64 * 1024 * 1024
+MAX_DOC_BYTES = 16 * 1024 * 1024
 META_KEY = "torchshrink"
 CRC_KEY = "header_crc32"
 
@@ -103,10 +104,18 @@ def _reject_constant(name: str) -> None:
     raise TskFormatError(f"The .tsk header holds the non-JSON constant {name}; the file is corrupted.")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise TskFormatError(f"The .tsk header holds the number {text}, which is not finite; the file is corrupted.")
+    return value
+
+
 def parse_json(text: str | bytes, what: str) -> Any:
     """Strict JSON: duplicate keys, NaN / Infinity and bad UTF-8 raise TskFormatError."""
     try:
-        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_reject_constant)
+        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_reject_constant,
+                          parse_float=_finite_float)
     except TskFormatError:
         raise
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -29,6 +29,13 @@ from .errors import TskFormatError, check_shape
 MAX_TENSOR_ELEMENTS = 1 << 32
 #: Default cap on the bytes of all decoded tensors of one file (``read_tsk(max_bytes=...)``).
 DEFAULT_MAX_BYTES = 4 << 30
+#: A file may decode to at most ``EXPANSION_SLACK + MAX_EXPANSION × its own bytes``: Deep
+#: Compression files are 35-50× smaller than what they decode to, a 1-bit code 32×, 8-bit
+#: residual codes of whole rows 128×; an all-padding relative-index stream can claim
+#: 65,536× (a decompression bomb). Checked before anything is decoded;
+#: ``read_tsk(max_expansion=...)`` raises it for a trusted file.
+MAX_EXPANSION = 256
+EXPANSION_SLACK = 64 << 20
 #: A stream holds at most ``2 × elements + STREAM_SLACK`` entries of its tensor (a relative-
 #: index stream has at most one padding entry per stored one; codebooks are small): checked
 #: before any stream is decoded, so a few bytes of Huffman code cannot decode to gigabytes.
@@ -44,7 +51,10 @@ def _check_record(rec: Any, blobs: Mapping[str, memoryview], used: set[str]) -> 
                       ("streams", dict)):
         if not isinstance(rec.get(key), kind):
             raise TskFormatError(f"Tensor {name!r}: the record's {key!r} is missing or not a {kind.__name__}.")
-    _, numel = check_shape(rec["shape"])
+    try:
+        _, numel = check_shape(rec["shape"])
+    except TskFormatError as exc:
+        raise TskFormatError(f"Tensor {name!r}: the record's shape is malformed: {exc}") from None
     if numel > MAX_TENSOR_ELEMENTS:
         raise TskFormatError(f"Tensor {name!r} declares {numel} elements, more than the {MAX_TENSOR_ELEMENTS} allowed.")
     if rec["dtype"] not in RAW_DTYPES:
@@ -150,6 +160,10 @@ class TskFile:
         """Elements the tensor's record declares."""
         return int(np.prod(self.record(name)["shape"], dtype=np.int64))
 
+    def largest(self) -> str:
+        """The name of the tensor that declares the most elements."""
+        return max(self.records, key=self.numel) if self.records else "(none)"
+
     def decoded_bytes(self) -> int:
         """Bytes of every tensor once decoded, from the declared shapes and dtypes."""
         return sum(self.numel(n) * np.dtype(RAW_DTYPES[r["dtype"]][0]).itemsize for n, r in self.records.items())
@@ -198,11 +212,13 @@ class TskFile:
         return {name: self.tensor(name) for name in self.records}
 
 
-def read_tsk(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> TskFile:
+def read_tsk(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+             max_expansion: float = MAX_EXPANSION) -> TskFile:
     """Open a ``.tsk`` file: validate the container and records; decode nothing yet.
 
-    ``max_bytes`` caps what decoding every tensor may allocate (declared shapes × dtypes);
-    a file that declares more is refused here, before anything is decoded.
+    What decoding every tensor may allocate (declared shapes × dtypes) is checked here,
+    before anything is decoded, against ``max_bytes`` and against the file's own size
+    (at most ``64 MB + max_expansion ×`` the file's bytes, see :data:`MAX_EXPANSION`).
     """
     doc, blobs, file_bytes, header_bytes = read_container(path)
     arch = doc.get("architecture")
@@ -225,7 +241,11 @@ def read_tsk(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> TskFile
     f = TskFile(Path(path), file_bytes, header_bytes, doc["format"], spec, surgery, records, blobs)
     declared = f.decoded_bytes()
     if declared > max_bytes:
-        raise TskFormatError(f"{path} declares {declared:,} bytes of tensors, more than the {max_bytes:,} allowed; "
-                             "pass max_bytes= to read larger files.")
+        raise TskFormatError(f"{path} declares {declared:,} bytes of tensors, more than the {max_bytes:,} allowed "
+                             f"(the largest is {f.largest()!r}); pass max_bytes= to read larger files.")
+    if declared > EXPANSION_SLACK + max_expansion * file_bytes:
+        raise TskFormatError(f"{path} declares {declared:,} bytes of tensors from {file_bytes:,} bytes of file, more than "
+                             f"{max_expansion:g}× expansion allows (the largest is {f.largest()!r}); a decompression "
+                             "bomb or a corrupted shape (pass max_expansion= if the file is trusted).")
     return f
 

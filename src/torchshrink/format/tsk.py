@@ -48,7 +48,7 @@ from ..surgery.plan import parse_plan, replay_plan
 from .codecs import RAW_DTYPES
 from .container import FORMAT_VERSION, crc32_hex, write_container
 from .errors import TskFormatError
-from .records import DEFAULT_MAX_BYTES, TskFile, read_tsk
+from .records import DEFAULT_MAX_BYTES, MAX_EXPANSION, TskFile, read_tsk
 from .streams import Encoded, Options
 
 
@@ -183,7 +183,8 @@ def _candidates(plain: forms.Plain, packed: dict | None, opts: Options) -> list[
 
     A forced codec keeps only the forms it selects, and prefers the packed kind's forms.
     """
-    packed_forms = [(f, packed) for f in forms.FORMS.values() if packed is not None and f.packs == packed["form"]]
+    packed_forms = [(f, packed) for f in forms.FORMS.values()
+                    if packed is not None and f.packs == packed["form"] and plain.dtype in f.dtypes]
     plain_forms = [(f, plain) for f in forms.FORMS.values() if f.packs is None and plain.dtype in f.dtypes]
     if opts.codec == "auto":
         return packed_forms + plain_forms
@@ -327,7 +328,7 @@ def _check_fits(f: TskFile, model: nn.Module) -> None:
 
 
 def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense: bool = False,
-         max_bytes: int = DEFAULT_MAX_BYTES) -> nn.Module:
+         max_bytes: int = DEFAULT_MAX_BYTES, max_expansion: float = MAX_EXPANSION) -> nn.Module:
     """Load a ``.tsk`` file (a path, or a :class:`TskFile` already read) as a model in eval mode.
 
     ``dense=False`` (the default): each layer whose weight is stored in a packed form
@@ -341,10 +342,11 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
     Shapes are checked before any tensor is decoded -- for a rebuilt model against a
     memory-free ``meta`` skeleton (surgery replayed there too), so a hostile spec cannot
     make it allocate -- and the architecture is built for real only once every tensor
-    has decoded. ``max_bytes`` caps the decoded tensors (see :func:`read_tsk`). A file that
+    has decoded. ``max_bytes`` and ``max_expansion`` cap the decoded tensors, in bytes and
+    relative to the file's size (see :func:`read_tsk`). A file that
     loads gives the same outputs both ways (runtime modules within float32 rounding).
     """
-    f = source if isinstance(source, TskFile) else read_tsk(source, max_bytes=max_bytes)
+    f = source if isinstance(source, TskFile) else read_tsk(source, max_bytes=max_bytes, max_expansion=max_expansion)
     if model is None:
         _check_fits(f, _architecture(f, skeleton=True))
         state = f.state_dict()
@@ -384,13 +386,14 @@ def runtime_model(f: TskFile, plain: nn.Module) -> nn.Module:
     return fuse(plain, fast).eval()
 
 
-def inspect_rows(source: str | Path | TskFile, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict[str, Any]]:
+def inspect_rows(source: str | Path | TskFile, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_expansion: float = MAX_EXPANSION) -> list[dict[str, Any]]:
     """One row per tensor: name, codec, shape, numel, nonzeros, bits per weight, bytes, share.
 
     ``bits_per_weight`` = 8 × the tensor's blob bytes / its elements; ``share`` = the
     tensor's bytes / the whole file (the rest is header).
     """
-    f = source if isinstance(source, TskFile) else read_tsk(source, max_bytes=max_bytes)
+    f = source if isinstance(source, TskFile) else read_tsk(source, max_bytes=max_bytes, max_expansion=max_expansion)
     rows = []
     for name in f.names:
         t = f.tensor(name)

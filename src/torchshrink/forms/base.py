@@ -49,7 +49,7 @@ class Form:
         name: the record's ``"form"``.
         packs: the packed kind stored (``None``: the plain tensor, a :class:`Plain`).
         selected_by: forced codec names (``save(codecs=...)``) that choose this form.
-        dtypes: record dtypes this form stores.
+        dtypes: record dtypes this form stores (packed forms: float32, as their codebooks are).
         ROLES: stream role -> codecs allowed (override :meth:`roles` when they depend on params).
         index_role / weight_role: the streams that hold positions and per-weight values, for
             reports in Deep Compression's "index bits / weight bits" terms (None: no such stream).
@@ -58,7 +58,7 @@ class Form:
     name: ClassVar[str]
     packs: ClassVar[str | None] = None
     selected_by: ClassVar[tuple[str, ...]] = ()
-    dtypes: ClassVar[tuple[str, ...]] = FLOATS
+    dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     ROLES: ClassVar[dict[str, tuple[str, ...]]] = {}
     index_role: ClassVar[str | None] = None
     weight_role: ClassVar[str | None] = None
@@ -116,4 +116,4 @@ def codes(value: Any, what: str, shape: tuple[int, ...], k: int) -> np.ndarray:
         )
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= k):
         raise TskFormatError(f"{what} must lie in [0, {k - 1}] for a codebook of {k} entries; the data is corrupted.")
-    return arr.astype(np.intp, copy=False)
+    return arr  # numpy indexes with any integer dtype: no int64 copy of a weight-sized array

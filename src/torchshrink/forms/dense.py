@@ -44,4 +44,8 @@ class Dense(Form):
             raise TskFormatError(f"raw dtype {meta.get('dtype')!r} differs from the record's {rec['dtype']!r}.")
         if meta["codec"] == "dense" and rec["dtype"] not in FLOATS:
             raise TskFormatError(f"a {rec['dtype']!r} tensor cannot be stored as dense floats; the file is corrupted.")
+        if meta["codec"] == "dense" and meta.get("dtype") != rec["dtype"] and (meta.get("dtype"), rec["dtype"]) != (
+                "float16", "float32"):  # fp16 storage of a float32 tensor (forced, lossy) is the one cast
+            raise TskFormatError(f"dense {meta.get('dtype')!r} data under a {rec['dtype']!r} record; "
+                                 "the file is corrupted.")
         return read("data", rec["shape"])

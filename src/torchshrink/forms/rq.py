@@ -67,5 +67,5 @@ class RQ(Form):
             if not isinstance(stage, Mapping):
                 raise TskFormatError(f"'rq' stage {t} must be a dict with 'codebooks' and 'codes'.")
             g = gather(get(stage, "codebooks", "rq"), get(stage, "codes", "rq"), out, n_sub, d, f"'rq' stage {t}")
-            acc = g if acc is None else acc + g  # float32 + float32, stage order
+            acc = g if acc is None else np.add(acc, g, out=acc)  # float32 + float32, stage order, in place
         return np.ascontiguousarray(acc[:, :n_in]).reshape(shape)

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..format.errors import check_int
+from ..format.errors import TskFormatError, check_int
 from ..format.sparse import from_relative_index, to_relative_index
 from ..format.streams import FLOAT_CODECS, INT_CODECS, Encoded, Options, float_stream, gap_hist, index_widths
 from ..format.streams import int_choice, int_stream, runs
-from .base import Form, Plain, StreamReader
+from .base import FLOATS, Form, Plain, StreamReader
 
 
 class Sparse(Form):
@@ -26,6 +26,7 @@ class Sparse(Form):
 
     name = "sparse"
     selected_by = ("sparse",)
+    dtypes = FLOATS
     ROLES = {"gaps": INT_CODECS, "values": FLOAT_CODECS}
     index_role, weight_role = "gaps", "values"
 
@@ -55,5 +56,8 @@ class Sparse(Form):
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> np.ndarray:
         b = check_int(rec["params"].get("index_bits"), "index_bits", 1, 16)
         gaps = read("gaps", ndim=1)
+        if rec["streams"]["values"]["meta"].get("dtype") != rec["dtype"]:
+            raise TskFormatError(f"the values are {rec['streams']['values']['meta'].get('dtype')!r}, "
+                                 f"the record says {rec['dtype']!r}; the file is corrupted.")
         values = read("values", list(gaps.shape))
         return from_relative_index(gaps, values, rec["shape"], b)
