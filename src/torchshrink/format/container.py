@@ -44,8 +44,9 @@ import numpy as np
 from ..files import atomic_write
 from .errors import TskFormatError
 
-#: Largest header accepted (the JSON part); real headers are a few KB per tensor.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Largest safetensors header accepted: it holds two entries and a version (about 200 bytes);
+#: the tensors are described in the compressed document, not here.
+MAX_HEADER_BYTES = 64 * 1024
 #: Largest inflated document accepted.
 MAX_DOC_BYTES = 16 * 1024 * 1024
 META_KEY = "torchshrink"
