@@ -33,3 +33,14 @@ def make_mlp(seed: int = 0, dropout: float = 0.0) -> nn.Module:
 @pytest.fixture
 def mlp() -> nn.Module:
     return make_mlp()
+
+
+def resign(path, edit) -> None:
+    """Rewrite a .tsk file after ``edit(doc, blobs)``, with a valid header checksum."""
+    from torchshrink.format.container import read_container, write_container
+
+    doc, blobs, _, _ = read_container(path)
+    blobs = {k: bytes(v) for k, v in blobs.items()}
+    doc.pop("header_crc32")
+    edit(doc, blobs)
+    write_container(path, doc, blobs)

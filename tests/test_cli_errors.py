@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import resign
 from torch import nn
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
@@ -46,17 +47,6 @@ def one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
-
-
-def resign(path, edit) -> None:
-    """Rewrite a .tsk file after ``edit(doc, blobs)``, with a valid header checksum (as in test_tsk.py)."""
-    from torchshrink.format.container import read_container, write_container
-
-    doc, blobs, _, _ = read_container(path)
-    blobs = {k: bytes(v) for k, v in blobs.items()}
-    doc.pop("header_crc32")
-    edit(doc, blobs)
-    write_container(path, doc, blobs)
 
 
 def model_file(path: Path, shape=(1, 8, 8), classes: int = 10, shared: bool = False) -> Path:

@@ -7,13 +7,13 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import resign
 from torch import nn
 
 import torchshrink as ts
 from torchshrink.errors import TskFormatError
 from torchshrink.format import inspect_rows, load, read_tsk, save
 from torchshrink.forms import unpack
-from torchshrink.format.container import read_container, write_container
 from torchshrink.measure import state_dict_bytes
 from torchshrink.core.transform import WeightTransform, attach, effective_state_dict
 
@@ -39,15 +39,6 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
     for k in a:
         assert a[k].dtype == b[k].dtype, k
         assert torch.equal(a[k], b[k]), k
-
-
-def resign(path, edit) -> None:
-    """Rewrite a .tsk file after ``edit(doc, blobs)``, with a valid header checksum."""
-    doc, blobs, _, _ = read_container(path)
-    blobs = {k: bytes(v) for k, v in blobs.items()}
-    doc.pop("header_crc32")
-    edit(doc, blobs)
-    write_container(path, doc, blobs)
 
 
 def record(doc: dict, name: str) -> dict:
