@@ -52,7 +52,7 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path) 
 
 def test_out_that_is_a_file_is_refused(tmp_path) -> None:
     (tmp_path / "f").write_text("x")
-    with pytest.raises(TorchshrinkError, match="is a file, not a folder"):
+    with pytest.raises(TorchshrinkError, match="is an existing file, not a folder"):
         with OutputFolder(tmp_path / "f"):
             pass
 

@@ -6,7 +6,6 @@ Bad input ends with a one-line ``error: ...`` on stderr and exit code 2; no trac
 from __future__ import annotations
 
 import math
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .errors import TorchshrinkError
+from .files import check_out_folder
 
 MAX_SEED = 2**63 - 1  # = torchshrink.recipe.MAX_SEED (not imported: it would load torch for --help)
 MAX_BATCH = 65536
@@ -60,28 +60,6 @@ def run(
     check_out_folder(out)
     res = run_recipe(r, out, resume=resume, seed=seed, progress=progress, console=console)
     console.print(f"wrote {res.out / 'report.json'} and {res.out / 'model.tsk'}")
-
-
-def check_out_folder(out: Path) -> None:
-    """Refuse an output folder that cannot be used, before any work; creates nothing.
-
-    It must be an existing folder, or be creatable: the nearest part of the path that
-    exists must be a folder, and that folder writable.
-    """
-    where = f"output folder {str(out)!r}"
-    try:
-        if os.path.lexists(out) and not out.is_dir():
-            what = "file" if out.is_file() else "link to nothing" if out.is_symlink() and not out.exists() else "entry"
-            raise TorchshrinkError(f"{where} is an existing {what}, not a folder; pass --out with a folder path")
-        here = out
-        while not os.path.lexists(here):  # ends at "." or "/" at the latest
-            here = here.parent
-        if not here.is_dir():
-            raise TorchshrinkError(f"{where} cannot be created: {str(here)!r} is a file, not a folder")
-        if not os.access(here, os.W_OK | os.X_OK):
-            raise TorchshrinkError(f"{where} is not writable: no permission to write in {str(here)!r}")
-    except OSError as e:
-        raise TorchshrinkError(f"{where} cannot be used: {e.strerror or e}") from None
 
 
 @app.command()

@@ -76,6 +76,28 @@ def remove_temps(folder: Path) -> int:
     return removed
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that cannot be used, before any work; creates nothing.
+
+    It must be an existing folder, or be creatable: the nearest part of the path that
+    exists must be a folder, and that folder writable.
+    """
+    where = f"output folder {str(out)!r}"
+    try:
+        if os.path.lexists(out) and not out.is_dir():
+            what = "file" if out.is_file() else "link to nothing" if out.is_symlink() and not out.exists() else "entry"
+            raise TorchshrinkError(f"{where} is an existing {what}, not a folder; pass --out with a folder path")
+        here = out
+        while not os.path.lexists(here):  # ends at "." or "/" at the latest
+            here = here.parent
+        if not here.is_dir():
+            raise TorchshrinkError(f"{where} cannot be created: {str(here)!r} is a file, not a folder")
+        if not os.access(here, os.W_OK | os.X_OK):
+            raise TorchshrinkError(f"{where} is not writable: no permission to write in {str(here)!r}")
+    except OSError as e:
+        raise TorchshrinkError(f"{where} cannot be used: {e.strerror or e}") from None
+
+
 class OutputFolder:
     """``with OutputFolder(out):`` -- the run's exclusive hold on its output folder (see module doc)."""
 
@@ -86,8 +108,7 @@ class OutputFolder:
 
     def __enter__(self) -> OutputFolder:
         p = self.path
-        if p.exists() and not p.is_dir():
-            raise TorchshrinkError(f"--out {str(p)!r} is a file, not a folder; choose another output folder")
+        check_out_folder(p)
         try:
             self._made = not p.exists()
             p.mkdir(parents=True, exist_ok=True)
