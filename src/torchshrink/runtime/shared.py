@@ -123,12 +123,12 @@ class SharedWeightsKernel:
             return None  # codes are uint8; index 0 is the pruned zero and no other level may be 0
         shape = [int(s) for s in packed["shape"]]
         rows, cols = shape[0], int(np.prod(shape[1:]))
-        idx = np.asarray(packed["indices"]).reshape(rows, cols).astype(np.int64)
+        idx = np.asarray(packed["indices"]).reshape(rows, cols)  # uint8/16: no int64 copy of the weight
         r, c = np.nonzero(idx)
         indptr = np.zeros(rows + 1, np.int64)
         np.cumsum(np.bincount(r, minlength=rows), out=indptr[1:])
         bits = max(1, int(np.ceil(np.log2(table.size - 1))) if table.size > 2 else 1)
-        return cls.from_csr((rows, cols), indptr, c, idx[r, c] - 1, table[1:], bits=bits)
+        return cls.from_csr((rows, cols), indptr, c, idx[r, c].astype(np.int64) - 1, table[1:], bits=bits)
 
     @classmethod
     def from_csr(
