@@ -16,12 +16,6 @@ sub-vectors ``W[:, s*d:(s+1)*d]`` are clustered by k-means into ``K`` codewords
 ``codebooks [S, K, d]`` (trainable) and ``codes [out, S]``; decoding is the gather
 ``W_hat[o, s] = codebooks[s, codes[o, s]]``.
 
-**Residual quantization** (Gong §3.3.2, "RQ"): stage 1 quantizes ``W`` as above, stage
-``t`` quantizes the residual ``W - (stage_1 + ... + stage_{t-1})`` left by the earlier
-stages. The decoded weight is the float32 sum ``((stage_1 + stage_2) + stage_3) + ...``
-in that fixed order, the order :func:`torchshrink.format` decoders must use too. The
-default ``d`` is the whole row (``S = 1``), Gong's setting.
-
 The k-means is Lloyd's algorithm on all sub-spaces at once (float64 on the weight's
 device, seeded Forgy initialization from distinct rows, an empty cluster keeps its
 centroid, deterministic on every device); the final codes are the nearest stored
