@@ -158,13 +158,7 @@ def _write(path, doc: dict, blobs: dict[str, bytes]) -> None:
         pos += len(b)
     full = {**{k: v for k, v in doc.items() if k not in ("blobs", "header_crc32")}, "blobs": spans}
     full["header_crc32"] = _crc(_canonical(full).encode())
-    data, z = b"".join(blobs.values()), zlib.compress(_canonical(full).encode(), 6)
-    header = {"__metadata__": {"torchshrink": "tsk/1"},
-              "data": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]},
-              "doc": {"dtype": "U8", "shape": [len(z)], "data_offsets": [len(data), len(data) + len(z)]}}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    path.write_bytes(struct.pack("<Q", len(h)) + h + data + z)
+    _write_doc_text(path, b"".join(blobs.values()), _canonical(full).encode())
 
 
 def _edited(src, dst, edit):
@@ -690,6 +684,7 @@ def test_a_document_holding_a_non_finite_number_is_refused(seeds, tmp_path, lite
 
 
 def _write_doc_text(path, data: bytes, text: bytes) -> None:
+    """A container of ``data`` and the document ``text`` as given (no checks, so tests can forge one)."""
     z = zlib.compress(text)
     header = {"__metadata__": {"torchshrink": "tsk/1"},
               "data": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]},
