@@ -33,7 +33,7 @@ from .recipe import Recipe
 from .runtime.modules import runtime_layers
 from .stages import RunState, run_stage, weight_sparsity
 from .techniques import TECHNIQUES
-from .train import TrainConfig, evaluate
+from .train import TrainConfig, evaluate, model_device
 from .weights import load_into
 
 
@@ -129,7 +129,7 @@ def check_finite_outputs(model: nn.Module, data: DataBundle, what: str, batch: i
     was = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
+        device = model_device(model)
         x = data.test.tensors[0]
         for i in range(0, len(x), batch):
             if not bool(torch.isfinite(model(x[i : i + batch].to(device))).all()):
@@ -146,7 +146,7 @@ def outputs_equal(a: nn.Module, b: nn.Module, dataset: Any, batch: int = 512) ->
     ``b`` runs on ``a``'s device (the same kernels), so equal weights give equal outputs.
     """
     a.eval(), b.eval()
-    device = next(a.parameters()).device
+    device = model_device(a)
     b = b.to(device)
     x = dataset.tensors[0]
     for i in range(0, len(x), batch):

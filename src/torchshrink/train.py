@@ -175,7 +175,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
     """Accuracy (fraction) and mean cross-entropy of ``model`` on ``dataset``."""
     was_training = model.training
     model.eval()
-    device = device or _model_device(model)
+    device = device or model_device(model)
     correct, loss, n = 0, 0.0, 0
     try:
         for x, y in iterate_batches(dataset, torch.arange(len(dataset)), batch_size):
@@ -189,7 +189,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU.
 
     Runtime modules loaded from a ``.tsk`` file hold their compressed weights as buffers

@@ -78,6 +78,7 @@ def per_layer(
     check: Callable[[Any, str], V] | None = None,
     *,
     error: type[Exception] = ModelError,
+    items: str = "layer",
 ) -> dict[str, V]:
     """The value of a per-layer setting for each of ``names``: THE resolver of every technique.
 
@@ -85,7 +86,8 @@ def per_layer(
     (shell-style, over the names as the user sees them) that matches a layer gives its
     value; layers no pattern matches are left out of the result. A pattern that matches
     none of ``names`` is an error naming the key and the layers, so ``{fcc1: 0.9}`` never
-    silently prunes nothing. ``check(value, key)`` validates (and may convert) each value.
+    silently prunes nothing. ``check(value, key)`` validates (and may convert) each value;
+    ``items`` names what ``names`` are in that error (``"tensor"`` for state-dict keys).
     """
     if spec is None:
         return {}
@@ -94,7 +96,7 @@ def per_layer(
         return {n: value for n in names}
     for pattern in spec:
         if not isinstance(pattern, str) or not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise error(f"'{what}' has the key {pattern!r}, which matches no layer; layers are: "
+            raise error(f"'{what}' has the key {pattern!r}, which matches no {items}; {items}s are: "
                         f"{', '.join(names) or '(none)'}")
     checked = {p: (check(v, f"{what}[{p}]") if check else v) for p, v in spec.items()}
     out: dict[str, V] = {}

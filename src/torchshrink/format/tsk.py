@@ -28,7 +28,6 @@ Document (the safetensors ``__metadata__["torchshrink"]`` JSON)::
 from __future__ import annotations
 
 import copy
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..core.params import Interval, check
-from ..core.select import tensor_key, unwrap
+from ..core.select import per_layer, tensor_key, unwrap
 from ..core.transform import effective_state_dict, iter_transforms, packer
 from ..errors import ModelError, TorchshrinkError
 from .. import forms
@@ -85,36 +84,20 @@ class SaveInfo:
 # --- save --------------------------------------------------------------------------------
 
 
-def _pattern_map(value: Any, what: str, check: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise TskFormatError(f"The '{what}' parameter must be a dict of {{name pattern: value}}. Got {value!r}.")
-    for pattern, v in value.items():
-        check(pattern, v)
-    return dict(value)
-
-
 def forced_codecs() -> tuple[str, ...]:
     """The names ``save(codecs=...)`` accepts: ``"auto"`` and every name a registered form is selected by."""
     return ("auto", *dict.fromkeys(c for f in forms.FORMS.values() for c in f.selected_by))
 
 
-def _check_codec(pattern: str, name: Any) -> None:
+def _check_codec(name: Any, key: str) -> str:
     allowed = forced_codecs()
     if name not in allowed:
-        raise TskFormatError(f"The codec for {pattern!r} must be one of {list(allowed)}. Got {name!r}.")
+        raise TskFormatError(f"The codec {key} must be one of {list(allowed)}. Got {name!r}.")
+    return name
 
 
-def _check_bits(pattern: str, bits: Any) -> None:
-    check(bits, f"index_bits[{pattern}]", "save", Interval(int, 1, 16), error=TskFormatError)
-
-
-def _first(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
-    for pattern, value in patterns.items():
-        if fnmatch.fnmatchcase(name, pattern):
-            return value
-    return default
+def _check_bits(bits: Any, key: str) -> int:
+    return check(bits, key, "save", Interval(int, 1, 16), error=TskFormatError)
 
 
 def _packers(model: nn.Module) -> dict[str, tuple[Any, torch.Tensor]]:
@@ -256,19 +239,18 @@ def save(
         raise ModelError(f"The 'model' parameter must be a torch.nn.Module. Got {type(model).__name__}.")
     if huffman not in (None, True, False):
         raise TskFormatError(f"The 'huffman' parameter must be None, True or False. Got {huffman!r}.")
-    forced = _pattern_map(codecs, "codecs", _check_codec)
+    if codecs is not None and not isinstance(codecs, Mapping):
+        raise TskFormatError(f"The 'codecs' parameter must be a dict of {{name pattern: codec}}. Got {codecs!r}.")
     state = effective_state_dict(model)
-    single = isinstance(index_bits, int) and not isinstance(index_bits, bool)
-    widths = _pattern_map({"*": index_bits} if single else index_bits, "index_bits", _check_bits)
-    for pattern in [*forced, *([] if single else widths)]:
-        if not any(fnmatch.fnmatchcase(k, pattern) for k in state):
-            raise TskFormatError(f"The pattern {pattern!r} matches no tensor; tensors are: {', '.join(state)}.")
+    names = list(state)
+    forced = per_layer(codecs, names, "codecs", _check_codec, error=TskFormatError, items="tensor")
+    widths = per_layer(index_bits, names, "index_bits", _check_bits, error=TskFormatError, items="tensor")
     base = unwrap(model)
     surgery = _plan_of(base)
     packers = _packers(model)
     records, blobs, entry_bits = [], {}, {}
     for name, t in state.items():
-        opts = Options(_first(forced, name, "auto"), _first(widths, name, None), huffman)
+        opts = Options(forced.get(name, "auto"), widths.get(name), huffman)
         enc = _encode_tensor(name, t, packers.get(name), opts)
         streams = {}
         entry_bits[name] = {s.role: s.width for s in enc.streams}

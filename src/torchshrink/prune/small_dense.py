@@ -16,7 +16,7 @@ from ..core.technique import StageSpec, Step, Technique
 from ..errors import RecipeError
 from ..measure import model_summary
 from ..models import build_model
-from ..train import TrainConfig, evaluate
+from ..train import TrainConfig, evaluate, model_device
 
 
 class SmallDenseSpec(StageSpec):
@@ -53,7 +53,7 @@ def _apply(ctx: Any, spec: SmallDenseSpec, finetune: TrainConfig) -> Step:
     hidden = scaled_hidden(zoo, target)
     torch.manual_seed(ctx.seed)
     small = build_model("lenet300", shape, ctx.data.num_classes,
-                        **{**zoo["kwargs"], "hidden": hidden}).to(next(ctx.model.parameters()).device)
+                        **{**zoo["kwargs"], "hidden": hidden}).to(model_device(ctx.model))
     ctx.fit(small, spec.train if spec.train is not None else ctx.baseline_config, [], ctx.tag)
     small_weights = model_summary(small, shape)["weight_params"]
     c = {"large_sparse": {"accuracy": evaluate(ctx.model, ctx.data.test)["accuracy"], "nonzero_weights": target,
