@@ -1,0 +1,14 @@
+"""The benchmark kinds of ``benchmarks/kernels.py``: one module per kind, one entry here.
+
+A kind module has ``KIND`` (its name, the rows' ``kind``), ``rows(args, gen) -> list[dict]``
+(``args`` carries ``shapes`` (None: the kind's own), ``input_density``, ``rounds``,
+``repeats``, ``quick``) and ``print_rows(rows)``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import pq, sparse
+
+KINDS: dict[str, ModuleType] = {m.KIND: m for m in (sparse, pq)}
