@@ -315,6 +315,7 @@ class BitwiseMLP(nn.Module):
             if a.out_features != b.in_features:
                 raise ModelError("BitwiseMLP: layer sizes do not chain")
         self.last = last[0]
+        self.in_features = ws[0].in_features
         self.register_buffer("bias", None if last[1] is None else last[1].detach().float().clone())
 
     @property
@@ -324,8 +325,9 @@ class BitwiseMLP(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.pre(x)
-        if v.dim() != 2 or v.shape[1] != self.hidden[0][0].in_features if self.hidden else False:
-            raise ModelError(f"BitwiseMLP: the binarized input has shape {tuple(v.shape)}")
+        if v.dim() != 2 or v.shape[1] != self.in_features:
+            raise ModelError(f"BitwiseMLP: the binarized input has shape {tuple(v.shape)}; "
+                             f"the first layer takes {self.in_features} features")
         xp = pack_rows(v.detach().cpu().numpy() > 0)
         for w, t, f in self.hidden:
             xp = w.sign_packed(xp, t, f)
