@@ -14,12 +14,13 @@ from .factorize.svd import TECHNIQUE as SVD
 from .prune.agp import TECHNIQUE as AGP
 from .prune.magnitude import TECHNIQUE as MAGNITUDE
 from .prune.small_dense import TECHNIQUE as SMALL_DENSE
+from .quantize.bitwise import TECHNIQUE as BITWISE
 from .quantize.kmeans import TECHNIQUE as KMEANS
 from .quantize.product import TECHNIQUE as PQ
 from .quantize.residual import TECHNIQUE as RQ
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE,
+    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE, BITWISE,
 )}
 
 

@@ -348,6 +348,7 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
 def runtime_model(f: TskFile, plain: nn.Module) -> nn.Module:
     """A copy of ``plain`` (holding ``f``'s decoded weights) whose packed layers run their form's runtime module."""
     from ..runtime.fused import fuse
+    from ..runtime.xnor import fuse_bitwise
 
     fast = copy.deepcopy(plain)
     for name, layer in list(fast.named_modules()):
@@ -365,7 +366,7 @@ def runtime_model(f: TskFile, plain: nn.Module) -> nn.Module:
             fast = module
             continue
         setattr(fast.get_submodule(parent_name) if parent_name else fast, child, module)
-    return fuse(plain, fast).eval()
+    return fuse_bitwise(plain, fuse(plain, fast)).eval()
 
 
 def inspect_rows(source: str | Path | TskFile, *, max_bytes: int = DEFAULT_MAX_BYTES,

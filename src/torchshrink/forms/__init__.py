@@ -15,6 +15,7 @@ import numpy as np
 
 from ..format.errors import TskFormatError
 from .base import Form, Plain
+from .bitwise import Bitwise
 from .dense import Dense
 from .pq import PQ
 from .rq import RQ
@@ -22,7 +23,7 @@ from .shared import Shared
 from .shared_sparse import SharedSparse
 from .sparse import Sparse
 
-FORMS: dict[str, Form] = {f.name: f for f in (Dense(), Sparse(), Shared(), SharedSparse(), PQ(), RQ())}
+FORMS: dict[str, Form] = {f.name: f for f in (Dense(), Sparse(), Shared(), SharedSparse(), PQ(), RQ(), Bitwise())}
 
 
 def register(form: Form) -> Form:

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ModelError
 from ._common import check_input_shape, check_num_classes
 from .lenet import LeNet5, LeNet300100
+from .mlp import MLP
 from .resnet import CifarResNet
 from .vgg import VGG16
 
@@ -37,6 +38,7 @@ def _registry() -> dict[str, _Entry]:
         "resnet32": _Entry(partial(CifarResNet, 32), {"shortcut": "A"}),
         "resnet56": _Entry(partial(CifarResNet, 56), {"shortcut": "A"}),
         "vgg16": _Entry(VGG16),
+        "mlp": _Entry(MLP, {"hidden": [1024, 1024, 1024], "batchnorm": True, "activation": "tanh", "dropout": 0.0}),
     }
 
 

@@ -7,11 +7,14 @@ the public ``torchshrink.quantize`` API is assembled here.
 
 from __future__ import annotations
 
+from .bitwise import BinarySign, TanhSquash
 from .kmeans import SharedWeights, compression_rate_kmeans, kmeans
 from .product import ProductQuantized, compression_rate_pq, product_quantize
 from .residual import ResidualQuantized, compression_rate_rq, residual_quantize
 
 __all__ = [
+    "BinarySign",
+    "TanhSquash",
     "ProductQuantized",
     "ResidualQuantized",
     "SharedWeights",

@@ -5,6 +5,9 @@
   path that skips zero input activations and a batched path for throughput.
 * :mod:`~torchshrink.runtime.pq` -- product-quantized layers run by lookup tables
   (Q-CNN, Wu et al. 2016): :class:`PQKernel` and :func:`pq_matmul`.
+* :mod:`~torchshrink.runtime.xnor` -- bitwise layers (Kim & Smaragdis 2016) by XNOR and
+  popcount: :class:`XnorWeight`, :func:`xnor_matmul`, the binary convolution
+  :func:`xnor_conv2d` and :class:`BitwiseMLP` (activations packed between layers).
 
 Kernel weights are built from packed values only (``from_packed``; the techniques make
 those), and the runtime modules (:mod:`~torchshrink.runtime.modules`) run any kernel
@@ -19,8 +22,17 @@ from __future__ import annotations
 
 from .pq import PQKernel, pq_matmul, reference_pq_matmul
 from .shared import SharedWeightsKernel, reference_shared_matmul, shared_matmul
+from .xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, reference_xnor_conv2d, reference_xnor_matmul, xnor_conv2d,
+                   xnor_matmul)
 
 __all__ = [
+    "BitwiseMLP",
+    "XnorConvWeight",
+    "XnorWeight",
+    "reference_xnor_conv2d",
+    "reference_xnor_matmul",
+    "xnor_conv2d",
+    "xnor_matmul",
     "PQKernel",
     "SharedWeightsKernel",
     "pq_matmul",

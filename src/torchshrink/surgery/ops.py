@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..factorize.svd import LowRank
+from .binary_activations import OPS as BITWISE_OPS
 from .plan import SurgeryOp
 
-OPS: dict[str, type[SurgeryOp]] = {op.model_fields["op"].default: op for op in (LowRank,)}
+OPS: dict[str, type[SurgeryOp]] = {op.model_fields["op"].default: op for op in (LowRank, *BITWISE_OPS)}
