@@ -90,7 +90,7 @@ def test_a_damaged_cache_is_measured_again(cache_dir) -> None:
     path.write_text("{not json")
     m = attach_twin(Slow(linear(), weight_bytes=10), linear(), "fc")
     m(torch.randn(1, 6))
-    assert m.decisions[(1, 6)]["cached"] is False and json.loads(path.read_text())["format"] == 1
+    assert m.decisions[(1, 6)]["cached"] is False and json.loads(path.read_text())["format"] == dispatch._CACHE_FORMAT
 
 
 def test_force_and_gradients_take_the_dense_twin() -> None:
@@ -134,6 +134,10 @@ def test_load_decides_every_layer_for_the_batches_asked(shared_lenet) -> None:
         x = torch.randn(b, 1, 8, 8)
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
     assert any(r["batch"] == 5 for r in paths(fast))
+    calls: list[int] = []
+    fast.register_forward_hook(lambda *a: calls.append(1))  # hooks still run on the decided fast route
+    fast(torch.randn(1, 1, 8, 8))
+    assert calls == [1]
     layers = [m for m in fast.inner.modules() if isinstance(m, CompressedLinear)]
     for m in layers:  # a layer left in place chose its kernel at some batch size (the others were settled)
         assert any(d["path"] == "kernel" for d in m.decisions.values())

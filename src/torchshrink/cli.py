@@ -310,7 +310,7 @@ def _print_bench(file: Path, result: dict) -> None:
         t.add_column(col, justify="right")
     for r in result["rows"]:
         d, c = r["dense"], r["runtime"]
-        kernel = sum(1 for k, p in r["paths"].items() if p == "kernel" and not k.startswith("("))
+        kernel = sum(1 for k, p in r["paths"].items() if p in ("kernel", "fused") and not k.startswith("("))
         dense = sum(1 for k, p in r["paths"].items() if p == "dense" and not k.startswith("("))
         t.add_row(str(r["batch"]), f"{d['min_ms']:.4f} / {d['median_ms']:.4f} / {d['spread']:.0%}",
                   f"{c['min_ms']:.4f} / {c['median_ms']:.4f} / {c['spread']:.0%}", f"{r['speedup']:.2f}x",
@@ -321,7 +321,7 @@ def _print_bench(file: Path, result: dict) -> None:
         p.add_column(col)
     layers = list(dict.fromkeys(k for r in result["rows"] for k in r["paths"]))
     for name in layers:
-        p.add_row(name, *(r["paths"].get(name, "dense (settled)") for r in result["rows"]))
+        p.add_row(name, *(r["paths"].get(name, "—") for r in result["rows"]))
     if layers:
         console.print(p)
     for r in result["rows"]:

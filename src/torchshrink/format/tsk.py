@@ -356,7 +356,7 @@ def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1
     of the two was measured faster on this machine (:mod:`torchshrink.runtime.dispatch`);
     when the file records a zoo input shape the paths are decided now for ``batches``.
     """
-    from ..runtime.dispatch import Dispatching, RuntimeModel, attach_twin, settle
+    from ..runtime.dispatch import FUSED, Dispatching, RuntimeModel, attach_twin, settle
     from ..runtime.fused import fuse
     from ..runtime.modules import runtime_layers
 
@@ -387,10 +387,11 @@ def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1
     shape = (f.zoo_spec or {}).get("input_shape") if isinstance(f.zoo_spec, Mapping) else None
     ok = (bool(batches) and isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)
           and int(np.prod(shape)) * max(batches) <= CALIBRATE_MAX_ELEMENTS)
-    fast = _calibrated(fast.eval(), shape, batches, settle) if ok else fast.eval()
+    settled: list[tuple[str, dict]] = []
+    fast = _calibrated(fast.eval(), shape, batches, lambda m: settle(m, settled)) if ok else fast.eval()
     if fused is not None:
-        fast = attach_twin(fused, fast, "(fused chain)").eval()
-    top = RuntimeModel(fast, plain)
+        fast = attach_twin(fused, fast, FUSED).eval()
+    top = RuntimeModel(fast, plain, settled)
     return _calibrated(top, shape, batches) if ok else top
 
 
