@@ -426,6 +426,7 @@ from torchshrink.runtime.sparse import SparseKernel, reference_sparse_matmul, sp
 @pytest.mark.parametrize("shape,density", [((7, 13), 0.5), ((1, 1), 1.0), ((64, 200), 0.1), ((130, 77), 0.0)])
 def test_fp32_sparse_matches_reference(monkeypatch, shape, density, batch, parallel):
     monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", 0 if parallel else 1 << 62)  # thread pool or serial twin
+    monkeypatch.setattr(_common, "oversubscribed", lambda: False)
     w = sparse_weight(*shape, density)
     k = SparseKernel.from_dense(w.numpy(), max_density=1.0)
     assert np.array_equal(k.to_dense(), w.numpy()) and k.nnz == int(torch.count_nonzero(w))
@@ -446,6 +447,16 @@ def test_fp32_sparse_declines_dense_and_non_float32():
     assert k.weight_bytes == 9 * 8 + k.nnz * (2 + 4)  # int64 pointers, uint16 columns, fp32 values
     with pytest.raises(ModelError, match="last dimension must be 8"):
         sparse_matmul(torch.randn(2, 7), k)
+
+
+def test_oversubscribed_reads_the_load_average(monkeypatch):
+    monkeypatch.setattr(_common, "_load_seen", [-1e9, False])
+    monkeypatch.setattr(_common.os, "getloadavg", lambda: (99.0, 0.0, 0.0))
+    assert _common.oversubscribed() is True
+    monkeypatch.setattr(_common.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert _common.oversubscribed() is True  # cached for LOAD_CHECK_S
+    monkeypatch.setattr(_common, "_load_seen", [-1e9, True])
+    assert _common.oversubscribed() is False
 
 
 def test_serial_twin_is_the_same_kernel():
@@ -471,6 +482,7 @@ from torchshrink.runtime.modules import CompressedConv2d  # noqa: E402
 @pytest.mark.parametrize("kind", ["shared", "fp32"])
 def test_direct_sparse_conv_matches_conv2d(monkeypatch, kind, batch, stride, padding, dilation, parallel):
     monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", 0 if parallel else 1 << 62)
+    monkeypatch.setattr(_common, "oversubscribed", lambda: False)
     torch.manual_seed(7)
     conv = torch.nn.Conv2d(3, 5, (3, 2), stride=stride, padding=padding, dilation=dilation)
     w = sparse_weight(5, 3 * 3 * 2, 0.3)

@@ -35,7 +35,11 @@ def _compressed(model: nn.Module) -> list[nn.Module]:
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
-def test_pruned_shared_zoo_model_runs_compressed_and_matches_dense(tmp_path, name):
+def test_pruned_shared_zoo_model_runs_compressed_and_matches_dense(tmp_path, monkeypatch, name):
+    from torchshrink.runtime import _common, fused
+
+    monkeypatch.setattr(_common, "oversubscribed", lambda: False)  # the thread-pool paths run even under load
+    monkeypatch.setattr(fused, "oversubscribed", lambda: False)
     torch.manual_seed(0)
     model = build_model(name, (1, 8, 8), 10)
     layers = ["fc*"] if name == "lenet300" else ["fc*", "conv2"]

@@ -20,7 +20,7 @@ import torch
 from numba import njit, prange
 from torch import fx, nn
 
-from ._common import available_cores, run_kernel
+from ._common import available_cores, oversubscribed, run_kernel
 from .dispatch import Dispatching
 from .modules import CompressedLinear
 from .shared import SharedWeightsKernel
@@ -119,7 +119,7 @@ class FusedSharedMLP(Dispatching):
         bufs = np.empty((xm.shape[0], 2, self.width), np.float32)
         args = (xm, self.sizes, self.ptr_off, self.ent_off, self.cb_off, self.relu, self.col_ptr, self.col_row,
                 self.col_code, self.codebooks, self.biases, out, bufs)
-        if xm.shape[0] >= PARALLEL_MIN_BATCH and available_cores() > 1:
+        if xm.shape[0] >= PARALLEL_MIN_BATCH and available_cores() > 1 and not oversubscribed():
             run_kernel(_chain_parallel, 1 << 30, *args)
         else:
             _chain(*args)
