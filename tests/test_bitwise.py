@@ -21,6 +21,7 @@ from torchshrink.pipeline import run_recipe
 from torchshrink.quantize.bitwise import BinarySign, TanhSquash, binarize, squash
 from torchshrink.recipe import parse_recipe
 from torchshrink.runtime import _xnor_kernels as kern
+from torchshrink.runtime.dispatch import unwrap_runtime
 from torchshrink.runtime.xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, cpu_popcount, pack_nhwc, pack_rows,
                                       pack_signs, reference_xnor_conv2d, reference_xnor_matmul, unpack_rows,
                                       xnor_conv2d, xnor_matmul)
@@ -237,7 +238,7 @@ def test_recipe_round_trip_runs_one_bitwise_mlp_with_predictions_of_the_decoded_
     assert f.tensor("act1.threshold").dtype == torch.int32 and "fc1.bias" not in f.records  # folded
     assert res.report["size"]["roundtrip_exact"] is True
     fast, plain = load(f), load(f, dense=True)
-    assert isinstance(fast, BitwiseMLP) and isinstance(plain.act1, ThresholdSign)
+    assert isinstance(unwrap_runtime(fast), BitwiseMLP) and isinstance(plain.act1, ThresholdSign)
     x = load_data("digits").test.tensors[0]
     with torch.no_grad():  # integer dot products; only the last layer's bias add may round differently
         torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-6)
@@ -255,7 +256,7 @@ def test_sparse_bit_plane_network_stores_a_mask_and_runs_exactly(tmp_path) -> No
     assert f.record("fc1.weight")["codec"] == "bitwise(1b+mask)" and f.shape("fc1.weight") == (40, 128)
     assert f.nbytes("fc1.weight") == 2 * math.ceil(40 * 128 / 8)
     fast, plain = load(f), load(f, dense=True)
-    assert isinstance(fast, BitwiseMLP)
+    assert isinstance(unwrap_runtime(fast), BitwiseMLP)
     x = load_data("digits").test.tensors[0][:50]
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-6)
@@ -266,7 +267,7 @@ def test_unfolded_network_runs_per_layer_kernels(tmp_path) -> None:
     run(recipe([32], fold=False), tmp_path)
     f = read_tsk(tmp_path / "model.tsk")
     fast, plain = load(f), load(f, dense=True)
-    assert not isinstance(fast, BitwiseMLP) and isinstance(fast.act1, SignActivation)
+    assert not isinstance(unwrap_runtime(fast), BitwiseMLP) and isinstance(unwrap_runtime(fast).act1, SignActivation)
     x = load_data("digits").test.tensors[0][:64]
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-5)

@@ -413,3 +413,87 @@ def test_pq_rejects_too_many_codewords():
 def test_pq_rejects_in_features_outside_last_subspace():
     with pytest.raises(ModelError, match="'in_features'"):
         PQKernel(np.ones((2, 4, 3), np.float32), np.zeros((5, 2), np.uint8), in_features=3)
+
+
+# --------------------------------------------------------------------------- fp32 sparse (CSR)
+
+from torchshrink.runtime import _common  # noqa: E402
+from torchshrink.runtime.sparse import SparseKernel, reference_sparse_matmul, sparse_matmul  # noqa: E402
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("batch", [1, 5, 70])
+@pytest.mark.parametrize("shape,density", [((7, 13), 0.5), ((1, 1), 1.0), ((64, 200), 0.1), ((130, 77), 0.0)])
+def test_fp32_sparse_matches_reference(monkeypatch, shape, density, batch, parallel):
+    monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", 0 if parallel else 1 << 62)  # thread pool or serial twin
+    monkeypatch.setattr(_common, "oversubscribed", lambda: False)
+    w = sparse_weight(*shape, density)
+    k = SparseKernel.from_dense(w.numpy(), max_density=1.0)
+    assert np.array_equal(k.to_dense(), w.numpy()) and k.nnz == int(torch.count_nonzero(w))
+    x = inputs(batch, shape[1], "relu")
+    bias = torch.randn(shape[0])
+    assert_close(sparse_matmul(x, k, bias), reference_sparse_matmul(x, k, bias))
+    assert_close(k.matmul(x), torch.nn.functional.linear(x, w))
+
+
+def test_fp32_sparse_declines_dense_and_non_float32():
+    w = sparse_weight(8, 8, 0.9)
+    assert SparseKernel.from_dense(w.numpy()) is None  # denser than MAX_DENSITY: no gain
+    assert SparseKernel.from_dense(w.numpy().astype(np.float16), max_density=1.0) is None
+    bad = sparse_weight(8, 8, 0.1).numpy()
+    bad[0, 0] = np.inf
+    assert SparseKernel.from_dense(bad) is None
+    k = SparseKernel.from_dense(sparse_weight(8, 8, 0.2).numpy())
+    assert k.weight_bytes == 9 * 8 + k.nnz * (2 + 4)  # int64 pointers, uint16 columns, fp32 values
+    with pytest.raises(ModelError, match="last dimension must be 8"):
+        sparse_matmul(torch.randn(2, 7), k)
+
+
+def test_oversubscribed_reads_the_load_average(monkeypatch):
+    monkeypatch.setattr(_common, "_load_seen", [-1e9, False])
+    monkeypatch.setattr(_common.os, "getloadavg", lambda: (99.0, 0.0, 0.0))
+    assert _common.oversubscribed() is True
+    monkeypatch.setattr(_common.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert _common.oversubscribed() is True  # cached for LOAD_CHECK_S
+    monkeypatch.setattr(_common, "_load_seen", [-1e9, True])
+    assert _common.oversubscribed() is False
+
+
+def test_serial_twin_is_the_same_kernel():
+    twin = _common.serial(sparse_mod.kern.rows_matvec)
+    assert twin is _common.serial(sparse_mod.kern.rows_matvec) and twin.py_func.__name__ == "rows_matvec_serial"
+    w = shared_weight(sparse_weight(20, 30, 0.3))
+    x = inputs(1, 30, "dense")[0].numpy()
+    y1, y2 = np.empty(20, np.float32), np.empty(20, np.float32)
+    args = (x, w.chunk_ptr, w.chunk_code, w.chunk_index, w.codebook)
+    twin(*args, y1, 1)
+    sparse_mod.kern.rows_matvec(*args, y2, 1)
+    np.testing.assert_allclose(y1, y2, rtol=RTOL, atol=ATOL)
+
+
+# --------------------------------------------------------------------------- direct sparse conv
+
+from torchshrink.runtime.modules import CompressedConv2d  # noqa: E402
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (1, 2, 1), (2, 1, 1), ((1, 2), (2, 0), (2, 1))])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kind", ["shared", "fp32"])
+def test_direct_sparse_conv_matches_conv2d(monkeypatch, kind, batch, stride, padding, dilation, parallel):
+    monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", 0 if parallel else 1 << 62)
+    monkeypatch.setattr(_common, "oversubscribed", lambda: False)
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(3, 5, (3, 2), stride=stride, padding=padding, dilation=dilation)
+    w = sparse_weight(5, 3 * 3 * 2, 0.3)
+    kw = shared_weight(w) if kind == "shared" else SparseKernel.from_dense(w.numpy())
+    conv.weight.data = torch.from_numpy(kw.to_dense()).reshape(conv.weight.shape)
+    fast = CompressedConv2d(conv, kw, conv.bias)
+    assert fast.direct
+    x = torch.randn(batch, 3, 9, 8)
+    want = conv(x).detach()
+    assert_close(fast.run_kernel(x), want)
+    assert_close(fast.run_kernel(x.double()).float(), want)  # other float dtypes: computed in fp32, cast back
+    assert fast.weight_bytes == 8 * (5 + 1) + 8 * kw.nnz
+    with pytest.raises(ModelError, match=r"expects input \(batch, 3, H, W\)"):
+        fast.run_kernel(torch.randn(1, 2, 9, 8))

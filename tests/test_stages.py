@@ -129,7 +129,7 @@ def test_storage_report_adds_up_to_the_measured_file(tmp_path) -> None:
 def test_energy_report_by_hand() -> None:
     base = {"macs_dense": 1000, "params": 250}
     result = {"macs_effective": 100}
-    rep = energy_report(base, result, stored_bytes=40)
+    rep = energy_report(base, result, weight_bytes=40)
     per_mac = ENERGY_PJ["fp32_mult"] + ENERGY_PJ["fp32_add"]
     dense = (1000 / 4 * ENERGY_PJ["sram_32bit"] + 1000 * per_mac) / 1e6
     comp = (40 / 4 * ENERGY_PJ["sram_32bit"] + 100 * per_mac) / 1e6

@@ -331,10 +331,18 @@ def test_surgery_plan_shapes_are_checked_before_building(tmp_path, pruned_lenet)
         load(tmp_path / "s.tsk")
 
 
-def test_default_load_without_packed_layers_is_plain(tmp_path, pruned_lenet) -> None:
+def test_default_load_of_pruned_only_layers_runs_the_fp32_sparse_kernel_or_dense(tmp_path, pruned_lenet) -> None:
+    from torchshrink.runtime.dispatch import force, unwrap_runtime
+    from torchshrink.runtime.modules import CompressedLinear
+    from torchshrink.runtime.sparse import SparseKernel
+
     save(pruned_lenet, tmp_path / "l.tsk")
-    fast = load(tmp_path / "l.tsk")  # pruned-only weights: no packed form, plain layers
-    assert all(type(m).__module__.startswith("torch.") for m in fast.modules() if m is not fast)
+    fast, plain = load(tmp_path / "l.tsk", batches=()), load(tmp_path / "l.tsk", dense=True)
+    # pruned-only weights (plain 'sparse' form): a CSR kernel where the measured dispatch keeps it
+    sparse = [m for m in unwrap_runtime(fast).modules() if isinstance(m, CompressedLinear)]
+    assert sparse and all(isinstance(m.weight_, SparseKernel) for m in sparse)
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(force(fast, "kernel")(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
 # --- bad arguments -------------------------------------------------------------------------

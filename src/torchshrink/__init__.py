@@ -30,6 +30,7 @@ _ATTRS = {
     "save": ("format", "save"),
     "load": ("format", "load"),
     "TorchshrinkError": ("errors", "TorchshrinkError"),
+    "calibrate": ("runtime.dispatch", "calibrate"),
 }
 
 __all__ = sorted(_SUBMODULES | set(_ATTRS) | {"__version__"})

@@ -246,15 +246,18 @@ def bench(
     batch: Annotated[str, typer.Option(help=f"comma-separated batch sizes (1 .. {MAX_BATCH})")] = "1,64",
     data: Annotated[Optional[str], typer.Option(help="check predictions on this data set's test split")] = None,
     root: Annotated[Optional[Path], typer.Option(help="data directory (MNIST, CIFAR-10)")] = None,
-    repeats: Annotated[int, typer.Option(min=3, max=100_000, help="timed runs per batch size")] = 100,
+    repeats: Annotated[int, typer.Option(min=3, max=100_000, help="at least this many timed runs per model")] = 100,
+    max_seconds: Annotated[float, typer.Option(min=0.1, max=3600, help="time limit per batch size")] = 10.0,
+    remeasure: Annotated[bool, typer.Option(help="forget this machine's cached kernel/dense decisions first")] = False,
     download: DownloadOpt = False,
     json_: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Latency of the compressed runtime model vs the decoded dense PyTorch model, in one process."""
+    """Latency of the runtime model vs the decoded dense PyTorch model, measured together until stable."""
     import json
 
     from .format import load, read_tsk
-    from .measure import latency_ms
+    from .measure import compare_latency, weight_bytes_touched
+    from .runtime import dispatch
 
     batches = [int(b) for b in _floats(batch, "batch", whole=True, high=MAX_BATCH)]
     f = read_tsk(file)
@@ -268,14 +271,22 @@ def bench(
                                "bench needs [channels, height, width] of positive ints")
     if data:
         _pick_data(file, spec, data)  # refuse a data set of another image shape before timing anything
-    fast, plain = load(f), load(f, dense=True)
+    if remeasure:
+        dispatch.clear_cache()
+    fast, plain = load(f, batches=tuple(batches)), load(f, dense=True)
     rows = []
     for b in batches:
-        d = latency_ms(plain, shape, b, repeats=repeats)["median_ms"]
-        c = latency_ms(fast, shape, b, repeats=repeats)["median_ms"]
-        rows.append({"batch": b, "dense_ms": d, "compressed_ms": c, "speedup": d / c})
+        m = compare_latency({"dense": plain, "runtime": fast}, shape, b, min_runs=repeats, max_seconds=max_seconds)
+        d, c = m["models"]["dense"], m["models"]["runtime"]
+        rows.append({"batch": b, "dense_ms": d["median_ms"], "compressed_ms": c["median_ms"],
+                     "speedup": d["median_ms"] / c["median_ms"], "dense": d, "runtime": c,
+                     "stable": m["stable"], "noisy": m["noisy"], "rounds": m["rounds"],
+                     "paths": dispatch.path_at(fast, b),
+                     "weight_bytes": {"dense": weight_bytes_touched(plain, b),
+                                      "compressed": weight_bytes_touched(fast, b)}})
     result = {"file": str(file), "input_shape": list(shape), "rows": rows,
-              "weight_bytes": {"dense": _weight_bytes(plain), "compressed": _weight_bytes(fast)}}
+              "weight_bytes": rows[0]["weight_bytes"], "noisy": any(r["noisy"] for r in rows),
+              "dispatch": dispatch.paths(fast)}
     if data:
         from .data import load_data
 
@@ -287,27 +298,42 @@ def bench(
     if json_:
         print(json.dumps(result))
         return
+    _print_bench(file, result)
+
+
+def _print_bench(file: Path, result: dict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{file}: compressed runtime vs dense PyTorch (median of {repeats})")
-    for col in ("batch", "dense ms", "compressed ms", "speed-up"):
+    t = Table(title=f"{file}: runtime vs decoded dense PyTorch (interleaved, repeated until the medians are stable)")
+    for col in ("batch", "dense ms (min / median / spread)", "runtime ms (min / median / spread)", "speed-up",
+                "stable", "paths (kernel / dense layers)"):
         t.add_column(col, justify="right")
-    for r in rows:
-        t.add_row(str(r["batch"]), f"{r['dense_ms']:.4f}", f"{r['compressed_ms']:.4f}", f"{r['speedup']:.2f}x")
+    for r in result["rows"]:
+        d, c = r["dense"], r["runtime"]
+        kernel = sum(1 for k, p in r["paths"].items() if p in ("kernel", "fused") and not k.startswith("("))
+        dense = sum(1 for k, p in r["paths"].items() if p == "dense" and not k.startswith("("))
+        t.add_row(str(r["batch"]), f"{d['min_ms']:.4f} / {d['median_ms']:.4f} / {d['spread']:.0%}",
+                  f"{c['min_ms']:.4f} / {c['median_ms']:.4f} / {c['spread']:.0%}", f"{r['speedup']:.2f}x",
+                  "yes" if r["stable"] else "no", f"{kernel} / {dense}")
     console.print(t)
-    wb = result["weight_bytes"]
-    console.print(f"weight bytes touched per inference: dense {wb['dense']:,}, compressed {wb['compressed']:,}")
+    p = Table(title="measured dispatch: the path each layer runs (kernel or its decoded dense twin)")
+    for col in ("layer", *(f"batch {r['batch']}" for r in result["rows"])):
+        p.add_column(col)
+    layers = list(dict.fromkeys(k for r in result["rows"] for k in r["paths"]))
+    for name in layers:
+        p.add_row(name, *(r["paths"].get(name, "—") for r in result["rows"]))
+    if layers:
+        console.print(p)
+    for r in result["rows"]:
+        wb = r["weight_bytes"]
+        console.print(f"batch {r['batch']}: weight bytes touched per forward pass: dense {wb['dense']:,}, "
+                      f"runtime {wb['compressed']:,}")
+    if result["noisy"]:
+        console.print("[yellow]warning:[/yellow] the machine was noisy during this run (a median did not settle "
+                      "or the spread exceeded 50%); the speed-ups may be off. Rerun on a quieter machine.")
     if "prediction_agreement" in result:
-        console.print(f"predictions identical on {data} test set: {result['prediction_agreement']:.2%}")
-
-
-def _weight_bytes(model) -> int:
-    """Bytes of weights a forward pass reads: kernel data of runtime modules, stored tensors otherwise."""
-    if hasattr(model, "weight_bytes"):
-        bias = getattr(model, "bias", None)
-        return model.weight_bytes + (0 if bias is None else bias.numel() * 4)
-    own = sum(p.numel() * p.element_size() for p in model.parameters(recurse=False))
-    return own + sum(_weight_bytes(c) for c in model.children())
+        console.print(f"predictions identical to the decoded dense model on the test set: "
+                      f"{result['prediction_agreement']:.2%}")
 
 
 def _floats(text: str, what: str, whole: bool = False, high: int | None = None) -> list[float]:

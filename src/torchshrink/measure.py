@@ -15,10 +15,11 @@ not counted, padded inputs are.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -220,6 +221,128 @@ def latency_table(
         )
         for b in batches
     }
+
+
+#: Relative change of every median between two checks under which a comparison is stable.
+STABLE_TOLERANCE = 0.03
+#: Spread ``(p90 - p10) / median`` above which a machine counts as noisy.
+NOISY_SPREAD = 0.5
+
+
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    input_shape: Sequence[int],
+    batch_size: int,
+    *,
+    min_rounds: int = 6,
+    min_runs: int = 1,
+    max_seconds: float = 10.0,
+    round_ms: float = 20.0,
+) -> dict:
+    """Latency of several models on one input, measured together until every median is stable.
+
+    The models run in interleaved rounds (the order rotates each round), each round
+    timing every model for about ``round_ms``, so that a noisy period hits all of them
+    alike and their *ratios* hold even on a loaded machine. After ``min_rounds`` rounds
+    the protocol stops once every model's median (over all its samples) moved less than
+    :data:`STABLE_TOLERANCE` since the previous round, twice in a row; otherwise it stops
+    at ``max_seconds`` and says so (``stable: False``); every model gets at least
+    ``min_runs`` samples. Same input as :func:`latency_ms`.
+
+    Returns ``{"models": {name: {"median_ms", "min_ms", "p10_ms", "p90_ms", "spread",
+    "runs"}}, "rounds", "stable", "noisy", "seconds"}``; ``spread`` is ``(p90 - p10) /
+    median`` and ``noisy`` is True when the run was not stable or a spread exceeds
+    :data:`NOISY_SPREAD`.
+    """
+    if not models:
+        raise ModelError("compare_latency needs at least one model.")
+    for m in models.values():
+        _check_model(m)
+    shape = _check_shape(input_shape)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("min_rounds", min_rounds, 1)
+    check(max_seconds, "max_seconds", None, Interval(float, 0.0, None, "neither"))
+    device, dtype = _device_dtype(next(iter(models.values())))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch_size, *shape), generator=gen).to(device=device, dtype=dtype)
+    names = list(models)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    per_round: dict[str, int] = {}
+    start = time.perf_counter()
+    rounds = calm = 0
+    stable = False
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        for m in models.values():
+            stack.enter_context(_eval_mode(m))
+        for n in names:  # warm-up; it also sizes a round
+            t0 = time.perf_counter()
+            for _ in range(3):
+                _forward(models[n], x, shape)
+            each = (time.perf_counter() - t0) / 3 * 1e3
+            per_round[n] = max(1, min(1000, int(round_ms / max(each, 1e-4))))
+        last: dict[str, float] | None = None
+        while True:
+            order = names[rounds % len(names):] + names[: rounds % len(names)]
+            for n in order:
+                f, out = models[n], samples[n]
+                for _ in range(per_round[n]):
+                    t0 = time.perf_counter()
+                    _forward(f, x, shape)
+                    out.append((time.perf_counter() - t0) * 1e3)
+            rounds += 1
+            now = {n: statistics.median(samples[n]) for n in names}
+            if last is not None and rounds >= min_rounds:
+                moved = max(abs(now[n] - last[n]) / now[n] for n in names)
+                calm = calm + 1 if moved < STABLE_TOLERANCE else 0
+                if calm >= 2 and all(len(samples[n]) >= min_runs for n in names):
+                    stable = True
+                    break
+            last = now
+            if time.perf_counter() - start > max_seconds and rounds >= min(3, min_rounds):
+                break
+    stats = {n: _stats(samples[n]) for n in names}
+    noisy = not stable or any(s["spread"] > NOISY_SPREAD for s in stats.values())
+    return {"models": stats, "rounds": rounds, "stable": stable, "noisy": noisy,
+            "seconds": time.perf_counter() - start}
+
+
+def _stats(times: Sequence[float]) -> dict:
+    med = statistics.median(times)
+    p10, p90 = (float(v) for v in np.percentile(times, [10, 90]))
+    return {"median_ms": med, "min_ms": min(times), "p10_ms": p10, "p90_ms": p90,
+            "spread": (p90 - p10) / med if med > 0 else 0.0, "runs": len(times)}
+
+
+def weight_bytes_touched(model: nn.Module, batch: int = 1) -> int:
+    """Bytes of weight data one forward pass at ``batch`` reads, in the layout that runs.
+
+    The one definition shared by ``torchshrink bench`` and the energy estimate. A runtime
+    layer on its kernel path counts its kernel layout (``weight_bytes``) plus its bias;
+    a layer running dense (a plain layer, or a runtime layer whose measured dispatch
+    chose its decoded twin at this batch size) counts its parameters at their element
+    size. Buffers (batch-norm statistics) are not weights and are not counted.
+    """
+    from .runtime.dispatch import Dispatched, Dispatching, RuntimeModel
+
+    if isinstance(model, Dispatching) and model.dense_twin is not None and _path_at(model, batch) == "dense":
+        return weight_bytes_touched(model.dense_twin, batch)
+    if isinstance(model, (RuntimeModel, Dispatched)):  # wrappers: what the wrapped module reads
+        return weight_bytes_touched(model.inner, batch)
+    if hasattr(model, "weight_bytes"):
+        bias = getattr(model, "bias", None)
+        extra = bias.numel() * bias.element_size() if isinstance(bias, torch.Tensor) else 0
+        return int(model.weight_bytes) + extra
+    own = sum(p.numel() * p.element_size() for p in model.parameters(recurse=False))
+    return own + sum(weight_bytes_touched(c, batch) for c in model.children())
+
+
+def _path_at(module: nn.Module, batch: int) -> str:
+    if getattr(module, "forced", None):
+        return module.forced
+    for shape, d in module.decisions.items():
+        if shape and shape[0] == batch:
+            return d["path"]
+    return "kernel"
 
 
 # --- helpers -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from .forms import FORMS
 from .errors import RecipeError, TorchshrinkError, TrainingError
 from .files import OutputFolder
 from .core.transform import bake
-from .measure import latency_table, layer_stats, model_summary, state_dict_bytes
+from .measure import compare_latency, layer_stats, model_summary, state_dict_bytes, weight_bytes_touched
 from .models import build_model
 from .recipe import Recipe
 from .runtime.modules import runtime_layers
@@ -114,8 +114,12 @@ def _run(recipe: Recipe, out: Path, resume: bool, seed: int, progress: bool, con
     loaded = load(stored, dense=True)
     if not outputs_equal(result, loaded, data.test):
         raise TorchshrinkError(f"{out / 'model.tsk'} does not reproduce the model's outputs; please report this bug")
-    report = build_report(st, baseline, result, base_acc, storage_report(info, stored.file_bytes))
-    report["runtime"] = runtime_report(runtime_model(stored, loaded), loaded, data, recipe)
+    fast = runtime_model(stored, loaded, batches=tuple(recipe.measure.batches))
+    report = build_report(st, baseline, result, base_acc, storage_report(info, stored.file_bytes),
+                          touched=weight_bytes_touched(fast, 1))
+    report["runtime"] = runtime_report(fast, loaded, data, recipe)
+    if recipe.measure.latency:
+        report["latency"] = latency_report(baseline, loaded, fast, data.input_shape, recipe)
     report["timing"] = {"seconds": time.perf_counter() - t0}
     report["plots"] = [str(p) for p in write_plots(report, out)]
     write_json(report, out / "report.json")
@@ -156,33 +160,56 @@ def outputs_equal(a: nn.Module, b: nn.Module, dataset: Any, batch: int = 512) ->
     return True
 
 
-def energy_report(baseline: dict[str, Any], result: dict[str, Any], stored_bytes: int) -> dict[str, Any]:
+def energy_report(baseline: dict[str, Any], result: dict[str, Any], weight_bytes: int) -> dict[str, Any]:
     """Dense baseline vs compressed model: energy per inference (see measure.energy_estimate).
 
-    ``baseline`` / ``result`` are model summaries (MACs, parameters); the compressed
-    weights are counted at their stored size, the operations at the nonzero weights.
+    ``baseline`` / ``result`` are model summaries (MACs, parameters). ``weight_bytes`` is
+    what the runtime model reads per inference at batch 1
+    (:func:`~torchshrink.measure.weight_bytes_touched`, the figure ``torchshrink bench``
+    prints); the dense model reads its fp32 parameters; operations are counted at the
+    nonzero weights.
     """
     from .measure import energy_assumptions, energy_estimate
 
     dense = energy_estimate(baseline["macs_dense"], 4 * baseline["params"])
-    comp = energy_estimate(result["macs_effective"], stored_bytes)
+    comp = energy_estimate(result["macs_effective"], weight_bytes)
     return {"dense": dense, "compressed": comp, "ratio": dense["total_uj"] / max(comp["total_uj"], 1e-12),
-            "assumptions": energy_assumptions() + "; compressed weights counted at their model.tsk size, "
+            "assumptions": energy_assumptions() + "; compressed weights counted as the bytes the runtime model "
+                           "reads at batch 1 (kernel layouts, or fp32 where a layer runs dense), "
                            "operations at the nonzero weights"}
 
 
 def runtime_report(fast: nn.Module, plain: nn.Module, data: DataBundle, recipe: Recipe) -> dict[str, Any]:
-    """The runtime model (``fast``) vs ``plain``, the decoded dense one: agreement and latency."""
+    """The runtime model (``fast``) vs ``plain``, the decoded dense one: agreement and the measured paths."""
+    from .runtime.dispatch import paths
+
     plain = plain.cpu().eval()
     n_fast = runtime_layers(fast)
     with torch.no_grad():
         x = data.test.tensors[0]
         agree = float((fast(x).argmax(1) == plain(x).argmax(1)).float().mean())
-    out: dict[str, Any] = {"compressed_layers": n_fast, "prediction_agreement": agree}
-    if recipe.measure.latency and n_fast:
-        shape, m = data.input_shape, recipe.measure
-        out["latency"] = {"dense": latency_table(plain, shape, m.batches, repeats=m.repeats),
-                          "compressed": latency_table(fast, shape, m.batches, repeats=m.repeats)}
+    return {"compressed_layers": n_fast, "prediction_agreement": agree, "paths": paths(fast),
+            "weight_bytes_touched": {f"batch_{b}": weight_bytes_touched(fast, b) for b in recipe.measure.batches}}
+
+
+def latency_report(baseline: nn.Module, decoded: nn.Module, fast: nn.Module, input_shape: Any,
+                   recipe: Recipe) -> dict[str, Any]:
+    """The one latency table: dense baseline, decoded dense (``dense=True``) and runtime, timed together.
+
+    Per batch size the three run interleaved until their medians are stable
+    (:func:`~torchshrink.measure.compare_latency`), so their ratios hold under load.
+    Keys: ``baseline``, ``result`` (the decoded dense model), ``runtime`` -> ``batch_<b>``
+    -> stats; ``noisy`` -> ``batch_<b>`` -> bool.
+    """
+    m = recipe.measure
+    models = {"baseline": baseline.cpu().eval(), "result": decoded.cpu().eval(), "runtime": fast}
+    out: dict[str, Any] = {name: {} for name in models}
+    out["noisy"] = {}
+    for b in m.batches:
+        res = compare_latency(models, input_shape, b, min_runs=m.repeats, max_seconds=3.0)
+        for name, stats in res["models"].items():
+            out[name][f"batch_{b}"] = stats
+        out["noisy"][f"batch_{b}"] = res["noisy"]
     return out
 
 
@@ -219,18 +246,14 @@ def storage_report(info: Any, file_bytes: int) -> dict[str, Any]:
 
 
 def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc: float,
-                 storage: dict[str, Any]) -> dict[str, Any]:
+                 storage: dict[str, Any], touched: int | None = None) -> dict[str, Any]:
     """The report dict (the contract of ``report.json``), built in one pass."""
     shape = st.data.input_shape
     base_sum, res_sum = model_summary(baseline, shape), model_summary(result, shape)
     res_acc = evaluate(result, st.data.test)["accuracy"]
     if not all(math.isfinite(x) for x in (base_acc, res_acc)):
         raise RecipeError("accuracy is not finite; the model produced NaN outputs")
-    m = st.recipe.measure
-    latency = None
-    if m.latency:
-        latency = {"baseline": latency_table(baseline, shape, m.batches, repeats=m.repeats),
-                   "result": latency_table(result, shape, m.batches, repeats=m.repeats)}
+    latency = None  # filled by latency_report, together with the runtime model's
     dense_bytes = state_dict_bytes(baseline)
     stored = {row["name"]: row for row in storage["tensors"]}
     layers = []
@@ -253,7 +276,8 @@ def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc:
                    "param_compression": base_sum["params"] / max(res_sum["nonzero_params"], 1)},
         "size": {"dense_bytes": dense_bytes, **storage, "ratio": dense_bytes / storage["file_bytes"],
                  "roundtrip_exact": True},
-        "energy": energy_report(base_sum, res_sum, sum(t["bytes"] for t in storage["tensors"])),
+        "energy": energy_report(base_sum, res_sum,
+                                sum(t["bytes"] for t in storage["tensors"]) if touched is None else touched),
         "layers": layers,
         "latency": latency,
         "history": st.history,

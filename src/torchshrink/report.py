@@ -8,7 +8,8 @@ every function below tolerates the ones that are missing)::
     size.dense_bytes, size.file_bytes             file_bytes may be null
     layers        [{name, shape, params, nonzeros, bits_per_weight, sparsity,
                     macs_dense, macs_effective}, ...]  (measure.LayerStats.to_dict())
-    latency       {"baseline": {"batch_1": {"median_ms", ...}, "batch_64": ...}, "result": ...}
+    latency       {"baseline": {"batch_1": {"median_ms", "min_ms", "spread", ...}, "batch_64": ...},
+                   "result": ... (decoded dense), "runtime": ..., "noisy": {"batch_1": bool, ...}}
     recipe        dict
     history       [stage dict, ...]
     schedule      {"steps": [...], "sparsity": [...]}
@@ -96,6 +97,9 @@ def print_report(report: Mapping[str, Any], console: Console | None = None) -> N
     if storage is not None:
         console.print(storage)
     console.print(_summary_table(report))
+    latency = _latency_table(report)
+    if latency is not None:
+        console.print(latency)
     runtime = _runtime_table(report)
     if runtime is not None:
         console.print(runtime)
@@ -143,17 +147,38 @@ def _summary_table(report: Mapping[str, Any]) -> Table:
     b0, b1 = _get(report, "size.dense_bytes"), _get(report, "size.file_bytes")
     t.add_row("bytes dense → file", _bytes(b0), _bytes(b1), _ratio(b0, b1, "smaller"))
 
-    lat0 = _get(report, "latency.baseline") or {}
-    lat1 = _get(report, "latency.result") or {}
-    for key in _batch_keys([*lat0, *lat1]):
-        m0 = (lat0.get(key) or {}).get("median_ms")
-        m1 = (lat1.get(key) or {}).get("median_ms")
-        t.add_row(
-            f"latency {key.replace('_', ' ')} (median)",
-            _ms(m0),
-            _ms(m1),
-            _speed(m0, m1),
-        )
+    return t
+
+
+def _latency_table(report: Mapping[str, Any]) -> Table | None:
+    """The one latency table: dense baseline, decoded dense (model.tsk, dense=True), runtime (model.tsk)."""
+    lat = report.get("latency")
+    if not isinstance(lat, Mapping):
+        return None
+    cols = [(k, label) for k, label in (("baseline", "dense baseline"), ("result", "decoded dense"),
+                                        ("runtime", "runtime")) if isinstance(lat.get(k), Mapping)]
+    keys = _batch_keys([key for k, _ in cols for key in lat[k]])
+    if not keys:
+        return None
+    t = Table(title="Latency (median ms; min and spread in brackets; measured together, interleaved)")
+    t.add_column("")
+    for _, label in cols:
+        t.add_column(label, justify="right")
+    t.add_column("decoded vs baseline", justify="right")
+    t.add_column("runtime vs decoded", justify="right")
+
+    def med(k: str, key: str) -> float | None:
+        return ((lat.get(k) or {}).get(key) or {}).get("median_ms")
+
+    def cell(k: str, key: str) -> str:
+        s = (lat.get(k) or {}).get(key) or {}
+        extra = f" ({_ms(s['min_ms'])}, {s['spread']:.0%})" if "min_ms" in s and "spread" in s else ""
+        return _ms(s.get("median_ms")) + extra
+
+    for key in keys:
+        noisy = (lat.get("noisy") or {}).get(key)
+        t.add_row(f"latency {key.replace('_', ' ')}" + (" (noisy)" if noisy else ""), *(cell(k, key) for k, _ in cols),
+                  _speed(med("baseline", key), med("result", key)), _speed(med("result", key), med("runtime", key)))
     return t
 
 
@@ -196,11 +221,13 @@ def _runtime_table(report: Mapping[str, Any]) -> Table | None:
               f"{c.get('total_uj', float('nan')):.4f}", _ratio(d.get("total_uj"), c.get("total_uj"), "less"))
     t.add_row("weight bytes read", _int(d.get("weight_bytes")), _int(c.get("weight_bytes")),
               f"from {d.get('weights_from', '?')} / {c.get('weights_from', '?')}")
-    lat = runtime.get("latency") or {}
-    for key in _batch_keys((lat.get("dense") or {}).keys()):
-        a = (lat["dense"].get(key) or {}).get("median_ms")
-        b = ((lat.get("compressed") or {}).get(key) or {}).get("median_ms")
-        t.add_row(f"runtime latency {key.replace('_', ' ')} (median)", _ms(a), _ms(b), _speed(a, b))
+    paths = runtime.get("paths") or []
+    for batch in sorted({r.get("batch") for r in paths if isinstance(r, Mapping) and r.get("batch")}):
+        rows = [r for r in paths if r.get("batch") == batch and not str(r.get("layer", "")).startswith("(")]
+        whole = next((r.get("path") for r in paths if r.get("batch") == batch and r.get("layer") == "(whole model)"),
+                     None)
+        label = ", ".join(f"{r.get('layer')}: {r.get('path')}" for r in rows) or "—"
+        t.add_row(f"paths at batch {batch}", "", f"whole model: {whole or '?'}", label)
     if "prediction_agreement" in runtime:
         t.add_row("predictions equal to the dense model", "", f"{runtime['prediction_agreement']:.2%}", "")
     return t

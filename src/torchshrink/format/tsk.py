@@ -310,13 +310,17 @@ def _check_fits(f: TskFile, model: nn.Module) -> None:
 
 
 def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense: bool = False,
-         max_bytes: int = DEFAULT_MAX_BYTES, max_expansion: float = MAX_EXPANSION) -> nn.Module:
+         max_bytes: int = DEFAULT_MAX_BYTES, max_expansion: float = MAX_EXPANSION,
+         batches: tuple[int, ...] = (1, 64)) -> nn.Module:
     """Load a ``.tsk`` file (a path, or a :class:`TskFile` already read) as a model in eval mode.
 
     ``dense=False`` (the default): each layer whose weight is stored in a packed form
     becomes its form's runtime module, which runs the compressed weights directly
     (:mod:`torchshrink.runtime`); every other layer is plain PyTorch. Their outputs equal
-    the decoded model's within float32 rounding.
+    the decoded model's within float32 rounding. Each runtime layer (and the whole model)
+    runs its kernel or its decoded dense twin, whichever was measured faster on this
+    machine; with a recorded input shape that is decided now for ``batches``
+    (:mod:`torchshrink.runtime.dispatch`), else on the first call of each input shape.
     ``dense=True``: a plain PyTorch model with the decoded weights, bit-exact.
 
     With ``model`` given, its weights are replaced (keys and shapes must match the file);
@@ -342,31 +346,72 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
     _check_fits(f, model)
     model.load_state_dict(f.state_dict() if state is None else state)
     model.eval()
-    return model if dense else runtime_model(f, model)
+    return model if dense else runtime_model(f, model, batches=tuple(batches))
 
 
-def runtime_model(f: TskFile, plain: nn.Module) -> nn.Module:
-    """A copy of ``plain`` (holding ``f``'s decoded weights) whose packed layers run their form's runtime module."""
+def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1, 64)) -> nn.Module:
+    """A copy of ``plain`` (holding ``f``'s decoded weights) whose layers run their form's runtime module.
+
+    Each runtime layer keeps its decoded dense twin and runs, per input shape, whichever
+    of the two was measured faster on this machine (:mod:`torchshrink.runtime.dispatch`);
+    when the file records a zoo input shape the paths are decided now for ``batches``.
+    """
+    from ..runtime.dispatch import FUSED, Dispatching, RuntimeModel, attach_twin, settle
     from ..runtime.fused import fuse
+    from ..runtime.modules import runtime_layers
     from ..runtime.xnor import fuse_bitwise
 
     fast = copy.deepcopy(plain)
     for name, layer in list(fast.named_modules()):
         key = tensor_key(name, "weight")
-        if key not in f.records or f.form(key).packs is None:
+        if key not in f.records:
             continue
+        form = f.form(key)
+        if form.packs is None and type(form).runtime is forms.Form.runtime:
+            continue  # a plain form without a kernel (dense): nothing to decode again
         try:
-            module = f.form(key).runtime(layer, f.packed(key))
+            module = form.runtime(layer, f.packed(key) if form.packs is not None else f.array(key))
         except ModelError:  # a value no kernel runs (e.g. a zero among the shared levels): stay dense
             module = None
         if module is None:
             continue
+        module = attach_twin(module, copy.deepcopy(plain.get_submodule(name)), name)
         parent_name, _, child = name.rpartition(".")
         if not child:
             fast = module
             continue
         setattr(fast.get_submodule(parent_name) if parent_name else fast, child, module)
-    return fuse_bitwise(plain, fuse(plain, fast)).eval()
+    if runtime_layers(fast) == 0:
+        return fast.eval()
+    shape = (f.zoo_spec or {}).get("input_shape") if isinstance(f.zoo_spec, Mapping) else None
+    ok = (bool(batches) and isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)
+          and int(np.prod(shape)) * max(batches) <= CALIBRATE_MAX_ELEMENTS)
+    bitwise = fuse_bitwise(plain, fast)  # a folded bitwise MLP: activations stay packed end to end
+    if bitwise is not fast:
+        top = RuntimeModel(bitwise, plain, [])
+        return _calibrated(top, shape, batches) if ok else top
+    fused = fuse(plain, fast)  # before settling: fusion needs every layer's kernel
+    fused = fused if fused is not fast and isinstance(fused, Dispatching) else None
+    settled: list[tuple[str, dict]] = []
+    fast = _calibrated(fast.eval(), shape, batches, lambda m: settle(m, settled)) if ok else fast.eval()
+    if fused is not None:
+        fast = attach_twin(fused, fast, FUSED).eval()
+    top = RuntimeModel(fast, plain, settled)
+    return _calibrated(top, shape, batches) if ok else top
+
+
+def _calibrated(model: nn.Module, shape: Any, batches: tuple[int, ...], then: Any = None) -> nn.Module:
+    from ..runtime.dispatch import calibrate
+
+    try:
+        calibrate(model, shape, batches)
+    except (RuntimeError, ValueError, TorchshrinkError):  # a model that cannot run its recorded shape
+        return model  # decides on first call instead
+    return then(model) if then is not None else model
+
+
+#: Largest calibration input (elements) ``runtime_model`` builds from a recorded input shape.
+CALIBRATE_MAX_ELEMENTS = 1 << 24
 
 
 def inspect_rows(source: str | Path | TskFile, *, max_bytes: int = DEFAULT_MAX_BYTES,

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..format.errors import TskFormatError, check_int
 from ..format.sparse import from_relative_index, to_relative_index
@@ -61,3 +63,13 @@ class Sparse(Form):
                                  f"the record says {rec['dtype']!r}; the file is corrupted.")
         values = read("values", list(gaps.shape))
         return from_relative_index(gaps, values, rec["shape"], b)
+
+    def runtime(self, layer: nn.Module, packed: Any) -> nn.Module | None:
+        """A pruned fp32 Linear / Conv2d runs the CSR kernel (:mod:`torchshrink.runtime.sparse`)."""
+        from ..runtime.modules import compressed_layer
+        from ..runtime.sparse import SparseKernel
+
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32:
+            return None
+        return compressed_layer(layer, SparseKernel.from_dense(np.asarray(packed)))

@@ -3,6 +3,11 @@
 * :mod:`~torchshrink.runtime.shared` -- pruned, weight-shared layers (EIE, Han et al.
   2016): :class:`SharedWeightsKernel` and :func:`shared_matmul`, with a batch-1
   path that skips zero input activations and a batched path for throughput.
+* :mod:`~torchshrink.runtime.sparse` -- pruned fp32 layers (Han et al. 2015) in CSR:
+  :class:`SparseKernel` and :func:`sparse_matmul`.
+* :mod:`~torchshrink.runtime.dispatch` -- measured per-layer dispatch: every runtime layer
+  keeps its decoded dense twin and runs whichever path is faster here (cached per
+  machine and input shape); :func:`calibrate`, :func:`paths`, :func:`force`.
 * :mod:`~torchshrink.runtime.pq` -- product-quantized layers run by lookup tables
   (Q-CNN, Wu et al. 2016): :class:`PQKernel` and :func:`pq_matmul`.
 * :mod:`~torchshrink.runtime.xnor` -- bitwise layers (Kim & Smaragdis 2016) by XNOR and
@@ -24,6 +29,8 @@ from .pq import PQKernel, pq_matmul, reference_pq_matmul
 from .shared import SharedWeightsKernel, reference_shared_matmul, shared_matmul
 from .xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, reference_xnor_conv2d, reference_xnor_matmul, xnor_conv2d,
                    xnor_matmul)
+from .sparse import SparseKernel, reference_sparse_matmul, sparse_matmul
+from .dispatch import calibrate, force, paths
 
 __all__ = [
     "BitwiseMLP",
@@ -39,4 +46,10 @@ __all__ = [
     "reference_pq_matmul",
     "reference_shared_matmul",
     "shared_matmul",
+    "SparseKernel",
+    "sparse_matmul",
+    "reference_sparse_matmul",
+    "calibrate",
+    "force",
+    "paths",
 ]

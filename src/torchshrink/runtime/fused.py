@@ -20,7 +20,8 @@ import torch
 from numba import njit, prange
 from torch import fx, nn
 
-from ._common import available_cores, run_kernel
+from ._common import available_cores, oversubscribed, run_kernel
+from .dispatch import Dispatching
 from .modules import CompressedLinear
 from .shared import SharedWeightsKernel
 
@@ -74,8 +75,13 @@ def _chain_parallel(x, sizes, ptr_off, ent_off, cb_off, relu, col_ptr, col_row, 
 PARALLEL_MIN_BATCH = 16
 
 
-class FusedSharedMLP(nn.Module):
-    """A chain of EIE-style sparse, weight-shared Linear layers (+ ReLU) run in one call."""
+class FusedSharedMLP(Dispatching):
+    """A chain of EIE-style sparse, weight-shared Linear layers (+ ReLU) run in one call.
+
+    Its dense twin (:func:`~torchshrink.runtime.dispatch.attach_twin`) is the per-layer
+    runtime model, whose layers dispatch on their own: per input shape the fused call runs
+    only where it was measured faster than the layers one by one.
+    """
 
     def __init__(self, layers: list[tuple[SharedWeightsKernel, torch.Tensor | None, bool]], flatten: bool) -> None:
         super().__init__()
@@ -101,6 +107,9 @@ class FusedSharedMLP(nn.Module):
                                                        self.biases)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dispatch(x)
+
+    def run_kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self.flatten:
             x = x.reshape(x.shape[0], -1)
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
@@ -110,7 +119,7 @@ class FusedSharedMLP(nn.Module):
         bufs = np.empty((xm.shape[0], 2, self.width), np.float32)
         args = (xm, self.sizes, self.ptr_off, self.ent_off, self.cb_off, self.relu, self.col_ptr, self.col_row,
                 self.col_code, self.codebooks, self.biases, out, bufs)
-        if xm.shape[0] >= PARALLEL_MIN_BATCH and available_cores() > 1:
+        if xm.shape[0] >= PARALLEL_MIN_BATCH and available_cores() > 1 and not oversubscribed():
             run_kernel(_chain_parallel, 1 << 30, *args)
         else:
             _chain(*args)
