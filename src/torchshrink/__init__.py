@@ -30,6 +30,8 @@ _ATTRS = {
     "save": ("format", "save"),
     "load": ("format", "load"),
     "TorchshrinkError": ("errors", "TorchshrinkError"),
+    "tt_factorize": ("factorize.tt", "tt_factorize"),
+    "qcnn_quantize": ("quantize.qcnn", "qcnn_quantize"),
 }
 
 __all__ = sorted(_SUBMODULES | set(_ATTRS) | {"__version__"})

@@ -45,7 +45,7 @@ from torch import nn
 from ..core.params import Interval, OneOf, check
 from ..core.select import per_layer, select_layers
 from ..core.technique import LayerStage, Step, Technique
-from ..core.transform import WeightTransform, attach, original, packer
+from ..core.transform import WeightTransform, attach, find, original, packer
 from ..errors import ModelError
 
 MAX_CORES = 16
@@ -104,16 +104,20 @@ def tt_params(cores: Sequence[Any]) -> int:
 
 
 # ---------------------------------------------------------------- functional
-def tt_to_dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+def tt_to_dense(cores: Sequence[torch.Tensor], exact: bool | None = None) -> torch.Tensor:
     """``W`` (``M x N``, the cores' dtype) from TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` (Eq. 2).
 
-    Computed in float64 and rounded once, so the result does not depend on the order of
-    BLAS sums at float32 precision (the ``tt`` form's decode runs this very function).
+    ``exact`` (default: whenever autograd is off, i.e. evaluation, saving and loading)
+    computes in float64 and rounds once, so the result does not depend on the order of
+    BLAS sums at float32 precision; the ``tt`` form's decode runs this very path, so a
+    saved file reproduces the evaluated model bit for bit. Training steps use float32.
     """
     dtype = cores[0].dtype
-    acc = cores[0].to(torch.float64).reshape(-1, cores[0].shape[-1])  # (m1 n1, r1)
+    exact = not torch.is_grad_enabled() if exact is None else exact
+    work = torch.float64 if exact else dtype
+    acc = cores[0].to(work).reshape(-1, cores[0].shape[-1])  # (m1 n1, r1)
     for g in cores[1:]:
-        acc = (acc @ g.to(torch.float64).reshape(g.shape[0], -1)).reshape(-1, g.shape[-1])
+        acc = (acc @ g.to(work).reshape(g.shape[0], -1)).reshape(-1, g.shape[-1])
     d = len(cores)
     mn = [s for g in cores for s in g.shape[1:3]]  # m1, n1, m2, n2, ...
     t = acc.reshape(mn).permute(*range(0, 2 * d, 2), *range(1, 2 * d, 2))
@@ -219,7 +223,8 @@ class TTMatrix(WeightTransform):
         self.cores = nn.ParameterList([nn.Parameter(c.detach().to(torch.float32).clone()) for c in cores])
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return tt_to_dense(list(self.cores)).reshape(self.shape).to(w.dtype)
+        exact = not (self.training and torch.is_grad_enabled())  # float32 only inside training steps
+        return tt_to_dense(list(self.cores), exact).reshape(self.shape).to(w.dtype)
 
     @torch.no_grad()
     def pack(self, w_in: torch.Tensor) -> dict:
@@ -351,8 +356,8 @@ def tt_layer_rows(model: nn.Module) -> list[dict[str, Any]]:
     """One row per TT layer: shape, modes, ranks, weight parameters dense vs TT and their ratio."""
     rows = []
     for name, layer in select_layers(model, None, None):
-        t = packer(layer)
-        if isinstance(t, TTMatrix):
+        t = find(layer, TTMatrix)
+        if t is not None:
             dense, tt = math.prod(t.shape), tt_params(t.cores)
             bias = 0 if getattr(layer, "bias", None) is None else layer.bias.numel()
             rows.append({"layer": name, "shape": list(t.shape), "out_modes": t.out_modes, "in_modes": t.in_modes,

@@ -72,7 +72,7 @@ class TT(Form):
         from ..factorize.tt import tt_to_dense
 
         shape, cores = check_cores(packed)
-        w = tt_to_dense([torch.from_numpy(np.ascontiguousarray(c)) for c in cores])
+        w = tt_to_dense([torch.from_numpy(np.ascontiguousarray(c)) for c in cores], exact=True)
         return np.ascontiguousarray(w.numpy()).reshape(shape)
 
     def runtime(self, layer: nn.Module, packed: Mapping[str, Any]) -> nn.Module | None:

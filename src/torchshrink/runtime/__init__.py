@@ -5,6 +5,8 @@
   path that skips zero input activations and a batched path for throughput.
 * :mod:`~torchshrink.runtime.pq` -- product-quantized layers run by lookup tables
   (Q-CNN, Wu et al. 2016): :class:`PQKernel` and :func:`pq_matmul`.
+* :mod:`~torchshrink.runtime.tt` -- Tensor-Train layers (Novikov et al. 2015):
+  :class:`TTKernel`, core contraction or the rebuilt weight, whichever measures faster.
 
 Kernel weights are built from packed values only (``from_packed``; the techniques make
 those), and the runtime modules (:mod:`~torchshrink.runtime.modules`) run any kernel
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from .pq import PQKernel, pq_matmul, reference_pq_matmul
 from .shared import SharedWeightsKernel, reference_shared_matmul, shared_matmul
+from .tt import TTKernel, reference_tt_matmul
 
 __all__ = [
     "PQKernel",
@@ -28,3 +31,4 @@ __all__ = [
     "reference_shared_matmul",
     "shared_matmul",
 ]
+__all__ += ["TTKernel", "reference_tt_matmul"]

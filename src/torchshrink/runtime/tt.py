@@ -75,7 +75,7 @@ class TTKernel:
 
     def dense(self) -> torch.Tensor:
         if self._dense is None:
-            self._dense = tt_to_dense(self.cores)
+            self._dense = tt_to_dense(self.cores, exact=True)
         return self._dense
 
     def to_dense(self) -> np.ndarray:
@@ -118,5 +118,5 @@ class TTKernel:
 def reference_tt_matmul(x: torch.Tensor, w: TTKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Plain-PyTorch twin: rebuild ``W`` (``tt_to_dense``), then ``F.linear``."""
     xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "reference_tt_matmul")
-    y = F.linear(torch.from_numpy(xm), tt_to_dense(w.cores))
+    y = F.linear(torch.from_numpy(xm), tt_to_dense(w.cores, exact=True))
     return output_tensor(y.numpy(), lead, dtype, bias, "reference_tt_matmul")
