@@ -128,23 +128,24 @@ def tt_to_dense(cores: Sequence[torch.Tensor], exact: bool | None = None) -> tor
 def tt_contract(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
     """``x @ W.T`` for ``x`` of shape ``(B, N)`` without forming ``W`` (Novikov Eq. 5).
 
-    The state after applying cores ``k+1..d`` is ``T_k`` of shape
-    ``(B·n_1…n_k, r_k, m_{k+1}…m_d)`` (C order). Core ``k`` as the matrix
-    ``(r_{k-1} m_k) x (n_k r_k)`` times ``T_k`` viewed as ``(B·n_1…n_{k-1}, n_k r_k, m_{>k})``
-    gives ``(B·n_1…n_{k-1}, r_{k-1}, m_k·m_{>k})`` = ``T_{k-1}``: one batched matrix
-    product per core, no transposes; ``T_0`` is ``(B, 1, M)``.
+    Cores are applied from the last to the first, each as ONE matrix product (no batched
+    small products): the state is a matrix whose columns are the indices being summed,
+    ``(n_k, r_k)``, and whose rows are ``(i_{k+1}..i_d, b, j_1..j_{k-1})``. Core ``k`` as the
+    ``(n_k r_k) x (r_{k-1} m_k)`` matrix gives ``(i_{k+1}..i_d, b, j_1..j_{k-1}, r_{k-1}, i_k)``;
+    moving ``i_k`` to the front (one transpose copy) makes the next state. The output index
+    ``(i_1..i_d)`` then leads, in C order, and a last transpose puts the batch first.
     """
-    b = x.shape[0]
-    t = x.reshape(-1, 1, 1)  # T_d: (B N, r_d = 1, 1)
-    m_rest = 1
-    for g in reversed(cores):
-        r0, m, n, r1 = g.shape
-        a = g.reshape(r0 * m, n * r1)
-        t = t.reshape(-1, n * r1, m_rest)
-        t = a @ t if m_rest > 1 else (t.reshape(-1, n * r1) @ a.T).unsqueeze(-1)
-        m_rest *= m
-        t = t.reshape(-1, r0, m_rest)
-    return t.reshape(b, m_rest)
+    b, d = x.shape[0], len(cores)
+    t = x.reshape(-1, cores[-1].shape[2])         # rows (b, j_1..j_{d-1}), columns (j_d, r_d = 1)
+    m_lead = 1
+    for k in range(d - 1, -1, -1):
+        r0, m, n, r1 = cores[k].shape
+        a = cores[k].permute(2, 3, 0, 1).reshape(n * r1, r0 * m)
+        t = (t @ a).reshape(m_lead, -1, m).permute(2, 0, 1)  # (i_k, i_{k+1}.., b j_1..j_{k-1} r_{k-1})
+        m_lead *= m
+        if k:
+            t = t.reshape(-1, cores[k - 1].shape[2] * r0)    # columns (j_{k-1}, r_{k-1})
+    return t.reshape(m_lead, b).T.contiguous()
 
 
 def tt_svd(weight: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int], *,
