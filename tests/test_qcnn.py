@@ -133,8 +133,8 @@ def test_bad_parameters_name_the_problem():
 
 
 def test_recipe_runs_on_digits_and_compares_the_three_objectives(tmp_path):
-    sets = ["baseline.train.epochs=2", "stages.0.methods.0.calibration=200", "stages.0.methods.1.calibration=200",
-            "stages.0.methods.2.calibration=200", "stages.1.calibration=200", "stages.1.passes=1",
+    sets = ["baseline.train.epochs=1", "data.limit=300", "stages.0.methods.0.calibration=100", "stages.0.methods.0.iters=3", "stages.0.methods.1.calibration=100", "stages.0.methods.1.iters=3",
+            "stages.0.methods.2.calibration=100", "stages.0.methods.2.iters=3", "stages.1.calibration=100", "stages.1.passes=1", "stages.1.iters=3",
             "stages.0.methods.1.passes=1", "stages.0.methods.2.passes=1"]
     res = run_recipe(load_recipe("wu2016_qcnn", sets), tmp_path, progress=False, console=Console(file=io.StringIO()))
     rep = res.report
