@@ -111,10 +111,10 @@ def plot_tt_ranks(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     """Accuracy and TT parameters vs TT rank (Novikov et al. 2015, Fig. 1 / Table 1)."""
     fig, ax = _figure()
     ranks = [r["rank"] for r in rows]
-    ax.plot(ranks, [r["accuracy"] for r in rows], "o-", label="accuracy")
+    ax.plot(ranks, [100 * r["accuracy"] for r in rows], "o-", label="accuracy")
     _baseline(ax, baseline)
     ax.set_xlabel("max TT rank")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (%)")
     ax.set_xscale("log", base=2)
     right = ax.twinx()
     right.plot(ranks, [r["tt_params"] for r in rows], "s--", color="tab:orange", label="TT parameters")
