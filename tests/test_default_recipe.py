@@ -26,9 +26,12 @@ def test_default_recipe_prunes_12x_within_half_a_point(tmp_path):
 FULL_RUNS = ("deep_compression_lenet300", "deep_compression_lenet5")
 #: Comparison recipes leave the main model as it was; their rows are checked on their own below.
 COMPARISONS = ("gong2014_vq",)
+#: Factorization / quantization recipes keep every parameter nonzero; tests/test_tt.py and
+#: tests/test_qcnn.py run them on digits (short) and check their own figures.
+NOT_PRUNING = ("novikov2015_tt", "wu2016_qcnn")
 
 
-@pytest.mark.parametrize("name", sorted(set(shipped_recipes()) - set(FULL_RUNS) - set(COMPARISONS)))
+@pytest.mark.parametrize("name", sorted(set(shipped_recipes()) - set(FULL_RUNS) - set(COMPARISONS) - set(NOT_PRUNING)))
 def test_every_shipped_recipe_runs_end_to_end_on_digits(name, tmp_path):
     """The paper recipes need MNIST; their pipeline is checked on digits with short epochs.
 

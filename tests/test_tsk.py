@@ -449,8 +449,8 @@ def test_unknown_codec(lenet_file) -> None:
 
 
 def test_unknown_form(lenet_file) -> None:
-    resign(lenet_file, lambda doc, blobs: record(doc, "fc1.weight").update(form="tt"))
-    with pytest.raises(TskFormatError, match="unknown form 'tt'"):
+    resign(lenet_file, lambda doc, blobs: record(doc, "fc1.weight").update(form="no_such_form"))
+    with pytest.raises(TskFormatError, match="unknown form 'no_such_form'"):
         read_tsk(lenet_file)
 
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bitwise_mlp, pq, sparse, xnor, xnor_conv
+from . import bitwise_mlp, pq, sparse, tt, xnor, xnor_conv
 
-KINDS: dict[str, ModuleType] = {m.KIND: m for m in (sparse, pq, xnor, xnor_conv, bitwise_mlp)}
+KINDS: dict[str, ModuleType] = {m.KIND: m for m in (
+    sparse,
+    pq,
+    xnor,
+    xnor_conv,
+    bitwise_mlp,
+    tt,
+)}

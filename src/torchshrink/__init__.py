@@ -31,6 +31,8 @@ _ATTRS = {
     "load": ("format", "load"),
     "TorchshrinkError": ("errors", "TorchshrinkError"),
     "calibrate": ("runtime.dispatch", "calibrate"),
+    "tt_factorize": ("factorize.tt", "tt_factorize"),
+    "qcnn_quantize": ("quantize.qcnn", "qcnn_quantize"),
 }
 
 __all__ = sorted(_SUBMODULES | set(_ATTRS) | {"__version__"})

@@ -102,7 +102,26 @@ def write_plots(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> l
         paths.append(plot_schedule(sched["steps"], sched.get("sparsity") or [], out / "schedule.png"))
     if report.get("sensitivity"):
         paths.append(plot_sensitivity(report["sensitivity"], out / "sensitivity.png", base))
+    if report.get("tt_ranks"):
+        paths.append(plot_tt_ranks(report["tt_ranks"], out / "tt_ranks.png", base))
     return paths
+
+
+def plot_tt_ranks(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], baseline: float | None) -> Path:
+    """Accuracy and TT parameters vs TT rank (Novikov et al. 2015, Fig. 1 / Table 1)."""
+    fig, ax = _figure()
+    ranks = [r["rank"] for r in rows]
+    ax.plot(ranks, [100 * r["accuracy"] for r in rows], "o-", label="accuracy")
+    _baseline(ax, baseline)
+    ax.set_xlabel("max TT rank")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xscale("log", base=2)
+    right = ax.twinx()
+    right.plot(ranks, [r["tt_params"] for r in rows], "s--", color="tab:orange", label="TT parameters")
+    right.set_ylabel("TT parameters (replaced layers)")
+    right.set_yscale("log")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
 
 
 def _figure(width: float = 6.4, height: float = 4.2):

@@ -11,16 +11,28 @@ from __future__ import annotations
 from .compare import TECHNIQUE as COMPARE
 from .core.technique import Technique
 from .factorize.svd import TECHNIQUE as SVD
+from .factorize.tt import TECHNIQUE as TT
 from .prune.agp import TECHNIQUE as AGP
 from .prune.magnitude import TECHNIQUE as MAGNITUDE
 from .prune.small_dense import TECHNIQUE as SMALL_DENSE
 from .quantize.bitwise import TECHNIQUE as BITWISE
 from .quantize.kmeans import TECHNIQUE as KMEANS
 from .quantize.product import TECHNIQUE as PQ
+from .quantize.qcnn import TECHNIQUE as QCNN
 from .quantize.residual import TECHNIQUE as RQ
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE, BITWISE,
+    MAGNITUDE,
+    AGP,
+    SMALL_DENSE,
+    KMEANS,
+    PQ,
+    RQ,
+    SVD,
+    COMPARE,
+    BITWISE,
+    TT,
+    QCNN,
 )}
 
 

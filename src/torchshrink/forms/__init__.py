@@ -22,8 +22,18 @@ from .rq import RQ
 from .shared import Shared
 from .shared_sparse import SharedSparse
 from .sparse import Sparse
+from .tt import TT
 
-FORMS: dict[str, Form] = {f.name: f for f in (Dense(), Sparse(), Shared(), SharedSparse(), PQ(), RQ(), Bitwise())}
+FORMS: dict[str, Form] = {f.name: f for f in (
+    Dense(),
+    Sparse(),
+    Shared(),
+    SharedSparse(),
+    PQ(),
+    RQ(),
+    Bitwise(),
+    TT(),
+)}
 
 
 def register(form: Form) -> Form:

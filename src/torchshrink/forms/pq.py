@@ -9,8 +9,15 @@ The weight is seen as the matrix ``W2 = W.reshape(out, n_in)`` with ``n_in = pro
 (C order, so a conv's ``(c_in, kh, kw)`` entries are contiguous); ``W2`` padded on the
 right with ``p`` zero columns (``0 <= p < d``) has ``S * d = n_in + p`` columns and
 ``Wpad[o, s*d:(s+1)*d] = codebooks[s, codes[o, s]]``; then the ``p`` pad columns are
-dropped and the result reshaped to ``shape``. Only gathers. Streams: ``codebooks`` (fp32)
-and ``codes`` (an int stream). The runtime module runs Q-CNN lookup tables
+dropped and the result reshaped to ``shape``. Only gathers. Streams: ``codebooks`` (fp32,
+or fp16 when every codeword is a float16 value, which stores them exactly) and ``codes``
+(an int stream).
+
+Q-CNN's conv layout (Wu et al. §3.2; :mod:`torchshrink.quantize.qcnn`) adds the param
+``"layout": "channels"``: the columns of ``W2`` are then in ``(kh, kw, c_in)`` order
+(sub-vectors over input channels at each kernel position, ``p = 0``), and the decoded
+``[out, kh, kw, c_in]`` is transposed back to ``[out, c_in, kh, kw]``. Without the param
+the layout is ``"rows"`` (above). The runtime module runs Q-CNN lookup tables
 (:mod:`torchshrink.runtime.pq`).
 """
 
@@ -58,16 +65,29 @@ def codebook_streams(stage: Mapping[str, Any], prefix: str, opts: Options) -> tu
     """The ``codebooks`` and ``codes`` streams of one pq stage: (streams, code bits, Huffman used)."""
     codebooks = np.ascontiguousarray(stage["codebooks"], dtype=np.float32)
     entry_codes = np.asarray(stage["codes"])
+    half = codebooks.astype(np.float16)
+    exact16 = bool(np.array_equal(half.astype(np.float32).view(np.uint32), codebooks.view(np.uint32)))
     bits = code_bits(codebooks.shape[1])
     hist = np.bincount(entry_codes.reshape(-1).astype(np.int64), minlength=codebooks.shape[1])
     _, huff = int_choice(entry_codes.size, bits, None if opts.huffman is False else hist, opts.huffman)
-    return [float_stream(prefix + "codebooks", codebooks), int_stream(prefix + "codes", entry_codes, bits, huff)], \
-        bits, huff
+    cb_stream = float_stream(prefix + "codebooks", codebooks, "float16" if exact16 else None)
+    return [cb_stream, int_stream(prefix + "codes", entry_codes, bits, huff)], bits, huff
 
 
 def read_stage(read: StreamReader, rec: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
-    cb = read(prefix + "codebooks", ndim=3)
+    cb = np.asarray(read(prefix + "codebooks", ndim=3), dtype=np.float32)  # fp16 storage: exact codewords
     return {"codebooks": cb, "codes": read(prefix + "codes", [rec["shape"][0] if rec["shape"] else 0, cb.shape[0]])}
+
+
+def channel_layout(packed: Mapping[str, Any], shape: tuple[int, ...], d: int, pad: int) -> bool:
+    """True for Q-CNN's ``"channels"`` conv layout (validated), False for ``"rows"``."""
+    kind = packed.get("layout", "rows")
+    if kind == "rows":
+        return False
+    if kind != "channels" or len(shape) != 4 or pad or shape[1] % d:
+        raise TskFormatError(f"'pq' layout must be 'rows', or 'channels' for a 4-d weight whose input channels "
+                             f"the subvector divides (no pad). Got {kind!r} for shape {list(shape)}, d={d}, pad={pad}.")
+    return True
 
 
 class PQ(Form):
@@ -80,18 +100,25 @@ class PQ(Form):
     def encode(self, value: dict, plan: Any, opts: Options) -> Encoded:
         streams, bits, huff = codebook_streams(value, "", opts)
         d, pad = int(value["subvector"]), int(value["pad"])
-        return Encoded("pq", f"pq({bits}b,d={d})" + ("+huffman" if huff else ""), {"subvector": d, "pad": pad},
-                       streams)
+        params = {"subvector": d, "pad": pad}
+        if value.get("layout", "rows") != "rows":
+            params["layout"] = value["layout"]
+        label = f"pq({bits}b,d={d}" + (f",{value['layout']}" if "layout" in params else "") + ")"
+        return Encoded("pq", label + ("+huffman" if huff else ""), params, streams)
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
         p = rec["params"]
+        extra = {"layout": p["layout"]} if "layout" in p else {}
         return {"form": "pq", "shape": rec["shape"], "subvector": p.get("subvector"), "pad": p.get("pad"),
-                **read_stage(read, rec, "")}
+                **extra, **read_stage(read, rec, "")}
 
     def unpack(self, packed: Mapping[str, Any]) -> np.ndarray:
         shape, n_in, d, pad = layout(packed, "pq")
         acc = gather(get(packed, "codebooks", "pq"), get(packed, "codes", "pq"), shape[0], (n_in + pad) // d, d,
                      "'pq'")
+        if channel_layout(packed, shape, d, pad):
+            out, c, kh, kw = shape
+            return np.ascontiguousarray(acc.reshape(out, kh, kw, c).transpose(0, 3, 1, 2))
         return np.ascontiguousarray(acc[:, :n_in]).reshape(shape)
 
     def runtime(self, layer: nn.Module, packed: Mapping[str, Any]) -> nn.Module | None:

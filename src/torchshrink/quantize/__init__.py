@@ -10,6 +10,7 @@ from __future__ import annotations
 from .bitwise import BinarySign, TanhSquash
 from .kmeans import SharedWeights, compression_rate_kmeans, kmeans
 from .product import ProductQuantized, compression_rate_pq, product_quantize
+from .qcnn import QCNNQuantized, qcnn_quantize
 from .residual import ResidualQuantized, compression_rate_rq, residual_quantize
 
 __all__ = [
@@ -25,3 +26,4 @@ __all__ = [
     "residual_quantize",
     "kmeans",
 ]
+__all__ += ["QCNNQuantized", "qcnn_quantize"]

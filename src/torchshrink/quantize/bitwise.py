@@ -34,7 +34,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..core.params import FRACTION, Interval, check
+from ..core.params import Interval, check
 from ..core.select import select_layers, unwrap
 from ..core.technique import LayerStage, Step, Technique
 from ..core.transform import WeightTransform, attach, find, original

@@ -13,6 +13,8 @@
 * :mod:`~torchshrink.runtime.xnor` -- bitwise layers (Kim & Smaragdis 2016) by XNOR and
   popcount: :class:`XnorWeight`, :func:`xnor_matmul`, the binary convolution
   :func:`xnor_conv2d` and :class:`BitwiseMLP` (activations packed between layers).
+* :mod:`~torchshrink.runtime.tt` -- Tensor-Train layers (Novikov et al. 2015):
+  :class:`TTKernel`, core contraction or the rebuilt weight, whichever measures faster.
 
 Kernel weights are built from packed values only (``from_packed``; the techniques make
 those), and the runtime modules (:mod:`~torchshrink.runtime.modules`) run any kernel
@@ -31,6 +33,7 @@ from .xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, reference_xnor_conv2d
                    xnor_matmul)
 from .sparse import SparseKernel, reference_sparse_matmul, sparse_matmul
 from .dispatch import calibrate, force, paths
+from .tt import TTKernel, reference_tt_matmul
 
 __all__ = [
     "BitwiseMLP",
@@ -53,3 +56,4 @@ __all__ = [
     "force",
     "paths",
 ]
+__all__ += ["TTKernel", "reference_tt_matmul"]

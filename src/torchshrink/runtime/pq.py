@@ -15,6 +15,13 @@ work falls from ``out * in`` multiply-adds to ``out * in / d`` additions. See
 Input lengths not divisible by ``d``: the last sub-space is zero-padded (the weight when
 training, the input at inference), so any ``in_features`` works and padding never
 changes a result; :attr:`PQKernel.in_features` records the true length.
+
+Convolutions run as im2col (:class:`~torchshrink.runtime.modules.CompressedConv2d`) and
+then these same kernels: per output pixel, the tables are the pixel's input sub-vectors x
+codewords. Q-CNN's conv layout (sub-vectors over input channels at each kernel position,
+``"layout": "channels"`` in the packed value) keeps its codes in ``(kh, kw, c_in)`` column
+order; :attr:`PQKernel.input_order` then permutes the im2col columns ``(c_in, kh, kw)``
+into that order before the kernel runs (a gather of the input, ``in`` per row).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class PQKernel:
     codebooks: np.ndarray
     codes: np.ndarray
     in_features: int | None = None
+    input_order: np.ndarray | None = None
     codebooks_t: np.ndarray = field(init=False, repr=False)
     codes_t: np.ndarray = field(init=False, repr=False)
 
@@ -76,6 +84,11 @@ class PQKernel:
         object.__setattr__(self, "codes_t", codes_t)
         object.__setattr__(self, "codes", codes_t.T)
         object.__setattr__(self, "in_features", in_f)
+        if self.input_order is not None:
+            order = np.asarray(self.input_order, dtype=np.int64)
+            if order.shape != (in_f,) or not np.array_equal(np.sort(order), np.arange(in_f)):
+                raise ModelError(f"{_OWNER}: input_order must be a permutation of range({in_f}).")
+            object.__setattr__(self, "input_order", _frozen(order))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -105,7 +118,12 @@ class PQKernel:
         if cb.shape[1] > MAX_CODEWORDS:
             return None
         shape = [int(s) for s in packed["shape"]]
-        return cls(cb, np.asarray(packed["codes"]), in_features=int(np.prod(shape[1:])))
+        order = None
+        if packed.get("layout", "rows") == "channels":
+            from ..quantize.qcnn import channel_order
+
+            order = channel_order(shape)
+        return cls(cb, np.asarray(packed["codes"]), in_features=int(np.prod(shape[1:])), input_order=order)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W_hat.T + bias`` (:func:`pq_matmul`)."""
@@ -120,7 +138,12 @@ class PQKernel:
         """Decode to ``W_hat`` (out x in_features), float32."""
         n_sub = self.codebooks.shape[0]
         w = self.codebooks[np.arange(n_sub)[None, :], self.codes]  # (out, S, d)
-        return np.ascontiguousarray(w.reshape(self.out_features, -1)[:, : self.in_features])
+        w = w.reshape(self.out_features, -1)[:, : self.in_features]
+        if self.input_order is None:
+            return np.ascontiguousarray(w)
+        dense = np.empty_like(w)
+        dense[:, self.input_order] = w
+        return dense
 
     def __repr__(self) -> str:
         n_sub, k, d = self.codebooks.shape
@@ -140,6 +163,8 @@ def pq_matmul(x: torch.Tensor, w: PQKernel, bias: torch.Tensor | None = None) ->
     returned in their dtype.
     """
     xm, lead, dtype = input_matrix(x, w.in_features, w.shape, "pq_matmul")
+    if w.input_order is not None:
+        xm = np.ascontiguousarray(xm[:, w.input_order])
     y = np.empty((xm.shape[0], w.out_features), np.float32)
     work = w.codes_t.size * xm.shape[0]
     if xm.shape[0] == 1:
