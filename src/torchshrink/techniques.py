@@ -12,6 +12,7 @@ from .compare import TECHNIQUE as COMPARE
 from .core.technique import Technique
 from .factorize.svd import TECHNIQUE as SVD
 from .prune.agp import TECHNIQUE as AGP
+from .prune.filters import TECHNIQUE as FILTERS
 from .prune.magnitude import TECHNIQUE as MAGNITUDE
 from .prune.small_dense import TECHNIQUE as SMALL_DENSE
 from .quantize.kmeans import TECHNIQUE as KMEANS
@@ -19,7 +20,7 @@ from .quantize.product import TECHNIQUE as PQ
 from .quantize.residual import TECHNIQUE as RQ
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE,
+    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE, FILTERS,
 )}
 
 

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from ..factorize.svd import LowRank
 from .plan import SurgeryOp
+from .prune_channels import PruneChannels, RemoveBlock
 
-OPS: dict[str, type[SurgeryOp]] = {op.model_fields["op"].default: op for op in (LowRank,)}
+OPS: dict[str, type[SurgeryOp]] = {op.model_fields["op"].default: op for op in (LowRank, PruneChannels, RemoveBlock)}
