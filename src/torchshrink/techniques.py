@@ -15,12 +15,13 @@ from .prune.agp import TECHNIQUE as AGP
 from .prune.filters import TECHNIQUE as FILTERS
 from .prune.magnitude import TECHNIQUE as MAGNITUDE
 from .prune.small_dense import TECHNIQUE as SMALL_DENSE
+from .prune.ssl import TECHNIQUE as SSL
 from .quantize.kmeans import TECHNIQUE as KMEANS
 from .quantize.product import TECHNIQUE as PQ
 from .quantize.residual import TECHNIQUE as RQ
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE, FILTERS,
+    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE, FILTERS, SSL,
 )}
 
 
