@@ -126,3 +126,19 @@ def test_recipe_keys_are_checked() -> None:
         parse_recipe({**base, "stages": [{"technique": "filters", "amount": 0.3, "round_to": 0}]})
     with pytest.raises(Exception, match="strategy"):
         parse_recipe({**base, "stages": [{"technique": "filters", "amount": 0.3, "strategy": "random"}]})
+
+
+def test_cli_sensitivity_filters(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "sens"
+    run = subprocess.run([sys.executable, "-m", "torchshrink.cli", "sensitivity", "default", "--filters", "--out",
+                          str(out), "--sparsities", "0,0.5", "--no-progress", "--set", "baseline.train.epochs=0",
+                          "--set", "data.limit=60"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads((out / "sensitivity.json").read_text())
+    assert set(doc["curves"]) == {"fc1", "fc2"}  # fc3 makes the outputs: never pruned
+    assert [p["sparsity"] for p in doc["curves"]["fc1"]] == [0.0, 0.5]
+    assert doc["curves"]["fc1"][0]["accuracy"] == doc["baseline_accuracy"]
