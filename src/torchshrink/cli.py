@@ -1,4 +1,4 @@
-"""The ``torchshrink`` command line: run, recipes, sensitivity, inspect, eval.
+"""The ``torchshrink`` command line: run, recipes, sensitivity, inspect, eval, export.
 
 Bad input ends with a one-line ``error: ...`` on stderr and exit code 2; no traceback.
 """
@@ -63,6 +63,19 @@ def run(
 
 
 @app.command()
+def export(
+    file: Annotated[Path, typer.Argument(help="a .tsk file")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="the ONNX file to write")],
+) -> None:
+    """Write a .tsk file as ONNX (slimmed models stay slim) and check it in onnxruntime against PyTorch."""
+    from .export import export_onnx
+
+    info = export_onnx(file, onnx)
+    console.print(f"wrote {info['path']} ({info['bytes']:,} bytes, opset {info['opset']}); onnxruntime matches "
+                  f"PyTorch on a batch of {info['checked_batch']} (max |diff| {info['max_abs_diff']:.2e})")
+
+
+@app.command()
 def recipes() -> None:
     """List the shipped recipes (usable by name in `run` and `sensitivity`)."""
     from rich.table import Table
@@ -83,6 +96,8 @@ def sensitivity(
     out: OutOpt = None,
     sparsities: Annotated[Optional[str], typer.Option(help="comma-separated grid, e.g. 0,0.5,0.9")] = None,
     layers: Annotated[Optional[str], typer.Option(help="comma-separated layer name patterns")] = None,
+    filters: Annotated[bool, typer.Option(
+        "--filters", help="prune whole filters (Li et al. 2017 Fig. 2): the grid is the fraction of filters removed")] = False,
     resume: Annotated[bool, typer.Option(help="reuse the baseline checkpoint in OUT")] = False,
     seed: SeedOpt = None,
     progress: ProgressOpt = True,
@@ -106,7 +121,12 @@ def sensitivity(
     st = RunState(r, data, model, out, seed, resume, progress, console, r.baseline.train or TrainConfig())
     train_baseline(st)
     base = evaluate(model, data.test)["accuracy"]
-    curves = analyse(model, data.test, grid, pats, progress=progress)
+    if filters:
+        from .prune.filters import filter_sensitivity
+
+        curves = filter_sensitivity(model, data.test, data.input_shape, grid, pats, progress=progress)
+    else:
+        curves = analyse(model, data.test, grid, pats, progress=progress)
     write_sensitivity(curves, out, base)
     console.print(sensitivity_table(curves))
     console.print(f"baseline accuracy {base:.4f}; wrote {out / 'sensitivity.json'} and {out / 'sensitivity.png'}")

@@ -270,8 +270,9 @@ def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc:
         "data": {"name": st.data.name, "train": len(st.data.train), "test": len(st.data.test),
                  "input_shape": list(shape), "num_classes": st.data.num_classes},
         "model": getattr(st.model, "zoo_spec", None),
-        "baseline": {"accuracy": base_acc, **base_sum},
-        "result": {"accuracy": res_acc, **res_sum,
+        "baseline": {"accuracy": base_acc, "macs": base_sum["macs_dense"], **base_sum},
+        "result": {"accuracy": res_acc, "macs": res_sum["macs_dense"], **res_sum,
+                   "macs_ratio": base_sum["macs_dense"] / max(res_sum["macs_dense"], 1),
                    "weight_compression": base_sum["weight_params"] / max(res_sum["weight_nonzeros"], 1),
                    "param_compression": base_sum["params"] / max(res_sum["nonzero_params"], 1)},
         "size": {"dense_bytes": dense_bytes, **storage, "ratio": dense_bytes / storage["file_bytes"],
@@ -282,6 +283,9 @@ def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc:
         "latency": latency,
         "history": st.history,
     }
+    if latency:  # measured speed-up beside the MAC ratio (structured pruning: latency should follow MACs)
+        report["result"]["latency_ratio"] = {b: latency["baseline"][b]["median_ms"] / latency["result"][b]["median_ms"]
+                                             for b in latency["baseline"]}
     if st.schedule["steps"]:
         report["schedule"] = st.schedule
     if st.curve:

@@ -13,9 +13,11 @@ from .core.technique import Technique
 from .factorize.svd import TECHNIQUE as SVD
 from .factorize.tt import TECHNIQUE as TT
 from .prune.agp import TECHNIQUE as AGP
+from .prune.filters import TECHNIQUE as FILTERS
 from .prune.magnitude import TECHNIQUE as MAGNITUDE
 from .prune.small_dense import TECHNIQUE as SMALL_DENSE
 from .quantize.bitwise import TECHNIQUE as BITWISE
+from .prune.ssl import TECHNIQUE as SSL
 from .quantize.kmeans import TECHNIQUE as KMEANS
 from .quantize.product import TECHNIQUE as PQ
 from .quantize.qcnn import TECHNIQUE as QCNN
@@ -33,6 +35,8 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     BITWISE,
     TT,
     QCNN,
+    FILTERS,
+    SSL,
 )}
 
 

@@ -5,5 +5,11 @@ from __future__ import annotations
 from ..factorize.svd import LowRank
 from .binary_activations import OPS as BITWISE_OPS
 from .plan import SurgeryOp
+from .prune_channels import PruneChannels, RemoveBlock
 
-OPS: dict[str, type[SurgeryOp]] = {op.model_fields["op"].default: op for op in (LowRank, *BITWISE_OPS)}
+OPS: dict[str, type[SurgeryOp]] = {op.model_fields["op"].default: op for op in (
+    LowRank,
+    *BITWISE_OPS,
+    PruneChannels,
+    RemoveBlock,
+)}
