@@ -17,9 +17,11 @@ from .prune.small_dense import TECHNIQUE as SMALL_DENSE
 from .quantize.kmeans import TECHNIQUE as KMEANS
 from .quantize.product import TECHNIQUE as PQ
 from .quantize.residual import TECHNIQUE as RQ
+from .quantize.ternary import TECHNIQUE as TTQ
+from .quantize.binary import TECHNIQUE as BINARY
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE,
+    MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE, TTQ, BINARY,
 )}
 
 

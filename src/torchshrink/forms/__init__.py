@@ -21,8 +21,10 @@ from .rq import RQ
 from .shared import Shared
 from .shared_sparse import SharedSparse
 from .sparse import Sparse
+from .ternary import Ternary
+from .binary import Binary
 
-FORMS: dict[str, Form] = {f.name: f for f in (Dense(), Sparse(), Shared(), SharedSparse(), PQ(), RQ())}
+FORMS: dict[str, Form] = {f.name: f for f in (Dense(), Sparse(), Shared(), SharedSparse(), PQ(), RQ(), Ternary(), Binary())}
 
 
 def register(form: Form) -> Form:

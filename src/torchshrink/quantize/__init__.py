@@ -10,8 +10,16 @@ from __future__ import annotations
 from .kmeans import SharedWeights, compression_rate_kmeans, kmeans
 from .product import ProductQuantized, compression_rate_pq, product_quantize
 from .residual import ResidualQuantized, compression_rate_rq, residual_quantize
+from .ternary import TrainedTernary, ttq
+from .binary import LAB, BinaryWeights, ClipLatent, binarize
 
 __all__ = [
+    "LAB",
+    "BinaryWeights",
+    "ClipLatent",
+    "TrainedTernary",
+    "binarize",
+    "ttq",
     "ProductQuantized",
     "ResidualQuantized",
     "SharedWeights",
