@@ -101,17 +101,17 @@ class BinaryWeights(WeightTransform):
             return bwn_alpha(w)
         return self.alpha.to(w.dtype).reshape(())
 
-    def signs(self, w: torch.Tensor) -> torch.Tensor:
-        if self.stochastic and self.training and torch.is_grad_enabled():
-            h = self.alpha.to(w.dtype).reshape(())
-            p = ((w.detach() / h + 1) / 2).clamp(0, 1)
-            sampled = torch.where(torch.rand_like(p) < p, 1.0, -1.0).to(w.dtype)
-            return sampled + (w - w.detach())  # straight-through: value sampled, gradient identity
-        limit = 1.0 if self.method == "bwn" else math.inf
-        return _SignSTE.apply(w, limit)
-
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.scale(w) * self.signs(w)
+        if self.method == "bwn":  # α(w) · sign(w): autograd gives the α term, the STE the sign term
+            return bwn_alpha(w) * _SignSTE.apply(w, 1.0)
+        alpha = self.alpha.to(w.dtype).reshape(())
+        if self.stochastic and self.training and torch.is_grad_enabled():
+            p = ((w.detach() / alpha + 1) / 2).clamp(0, 1)  # hard sigmoid (BinaryConnect Eq. 3)
+            value = torch.where(torch.rand_like(p) < p, alpha, -alpha)
+        else:
+            value = torch.where(w.detach() >= 0, alpha, -alpha)
+        # straight-through: the latent weight receives dL/dŵ itself (w - w.detach() is exactly 0)
+        return value + (w - w.detach())
 
     @torch.no_grad()
     def pack(self, w_in: torch.Tensor) -> dict:
