@@ -26,6 +26,13 @@ from torchshrink.train import TrainConfig, fit
 ATOL, RTOL = 1e-4, 1e-4
 
 
+@pytest.fixture
+def small_kernels(monkeypatch):
+    """Run the kernels on test-sized layers too (``load`` keeps small layers decoded dense)."""
+    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_WEIGHTS", 0)
+    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_OUT", 0)
+
+
 def mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 5))
@@ -162,11 +169,7 @@ def test_kernel_refuses_bad_input_with_a_clear_error() -> None:
         BinaryKernel.from_signs(np.zeros((4, 6), np.uint8), [1.0, 2.0])
 
 
-def wide() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(30, 256), nn.ReLU(), nn.Conv2d(1, 1, 1), nn.Linear(256, 200))
-
-
-def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path) -> None:
+def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path, small_kernels) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 256), nn.ReLU(), nn.Linear(256, 200))
     binarize(model, "bwn", layers=["2"])
@@ -183,7 +186,7 @@ def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path) -> None:
         torch.testing.assert_close(fast(x), plain(x), atol=ATOL, rtol=RTOL)
 
 
-def test_conv_runtime_module(tmp_path) -> None:
+def test_conv_runtime_module(tmp_path, small_kernels) -> None:
     torch.manual_seed(0)
 
     def net() -> nn.Sequential:

@@ -26,6 +26,13 @@ from torchshrink.runtime.ternary import TernaryConv2d, TernaryLinear
 ATOL, RTOL = 1e-4, 1e-4
 
 
+@pytest.fixture
+def small_kernels(monkeypatch):
+    """Run the kernels on test-sized layers too (``load`` keeps small layers decoded dense)."""
+    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_WEIGHTS", 0)
+    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_OUT", 0)
+
+
 def mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 5))
@@ -134,7 +141,7 @@ def convnet() -> nn.Sequential:
                          nn.Conv2d(256, 4, 1))
 
 
-def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path) -> None:
+def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path, small_kernels) -> None:
     torch.manual_seed(0)
     model = ttq(wide_mlp(), 0.05)
     info = save(model, tmp_path / "m.tsk")
@@ -153,7 +160,7 @@ def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path) -> None:
         torch.testing.assert_close(fast(x), load(f, model=wide_mlp(), dense=True)(x), atol=ATOL, rtol=RTOL)
 
 
-def test_conv_runtime_module_matches_the_decoded_conv(tmp_path) -> None:
+def test_conv_runtime_module_matches_the_decoded_conv(tmp_path, small_kernels) -> None:
     torch.manual_seed(0)
     save(ttq(convnet()), tmp_path / "c.tsk")
     fast, plain = load(tmp_path / "c.tsk", model=convnet()), load(tmp_path / "c.tsk", model=convnet(), dense=True)
@@ -161,6 +168,12 @@ def test_conv_runtime_module_matches_the_decoded_conv(tmp_path) -> None:
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=ATOL, rtol=RTOL)
+
+
+def test_small_layers_stay_decoded_dense_at_runtime(tmp_path) -> None:
+    save(ttq(wide_mlp()), tmp_path / "m.tsk")
+    fast = load(tmp_path / "m.tsk", model=wide_mlp())
+    assert type(fast[2]) is nn.Linear  # 60k weights: torch's matmul of the decoded weight is faster
 
 
 def test_bad_parameters_name_the_key() -> None:
@@ -173,7 +186,7 @@ def test_bad_parameters_name_the_key() -> None:
         ttq(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), layers=["0"])
 
 
-def test_recipe_round_trip_on_digits(tmp_path) -> None:
+def test_recipe_round_trip_on_digits(tmp_path, small_kernels) -> None:
     recipe = parse_recipe({"name": "t", "model": {"name": "lenet300"}, "baseline": {"train": {"epochs": 3}},
                            "stages": [{"technique": "ttq", "finetune": {"epochs": 1, "optimizer": "adam",
                                                                         "lr": 0.001}}],

@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import pq, sparse
+from . import binary, pq, sparse, ternary
 
-KINDS: dict[str, ModuleType] = {m.KIND: m for m in (sparse, pq)}
+KINDS: dict[str, ModuleType] = {m.KIND: m for m in (sparse, pq, ternary, binary)}
