@@ -187,7 +187,8 @@ def test_bad_parameters_name_the_key() -> None:
 
 
 def test_recipe_round_trip_on_digits(tmp_path, small_kernels) -> None:
-    recipe = parse_recipe({"name": "t", "model": {"name": "lenet300"}, "baseline": {"train": {"epochs": 3}},
+    recipe = parse_recipe({"name": "t", "data": {"limit": 200}, "model": {"name": "lenet300"},
+                           "baseline": {"train": {"epochs": 3}},
                            "stages": [{"technique": "ttq", "finetune": {"epochs": 1, "optimizer": "adam",
                                                                         "lr": 0.001}}],
                            "measure": {"latency": False}})

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .core.technique import StageSpec, Step, Technique
+from .errors import RecipeError
 from .measure import model_summary, state_dict_bytes
 from .train import TrainConfig, evaluate
 
@@ -53,7 +54,11 @@ def _apply(ctx: Any, spec: CompareSpec, finetune: TrainConfig) -> Step:
                      "params": model_summary(branch.model, ctx.data.input_shape)["params"]})
         ctx.console.print(f"{ctx.tag}: {label}: accuracy {acc:.4f}, {info.file_bytes:,} bytes "
                           f"({dense_bytes / info.file_bytes:.1f}x smaller)")
-    ctx.extra.setdefault(spec.report_key, []).extend(rows)
+    table = ctx.extra.setdefault(spec.report_key, [])
+    if not isinstance(table, list):
+        raise RecipeError(f"report_key {spec.report_key!r} is already used by another stage (small_dense); "
+                          "use report_key: methods")
+    table.extend(rows)
     return Step(finetune=False)
 
 

@@ -6,7 +6,8 @@ Packed kind ``"binary"``::
     W = where(positive, α, -α)        # n = out: α per output channel (BWN); n = 1: one per layer
 
 Streams: ``positive``, one bit per weight (bit-packed; signs are near balanced, so
-Huffman never pays), and ``alpha`` (fp32). This is the form for float activations; the
+Huffman never pays), and ``alpha`` (fp16 when every value is exactly a float16, as BWN's
+rounded per-channel scales are, else fp32). This is the form for float activations; the
 ±1-activation networks of Bitwise NNs have their own form. The runtime module computes
 sums of activations over the positive and negative sets by table lookups, then one
 scale per output (:mod:`torchshrink.runtime.binary`).
@@ -44,12 +45,14 @@ class Binary(Form):
     def encode(self, value: dict, plan: Any, opts: Options) -> Encoded:
         alpha = np.ascontiguousarray(value["alpha"], dtype=np.float32).reshape(-1)
         params: dict[str, Any] = {"alpha": float(alpha[0])} if alpha.size == 1 else {"alpha_mean": float(alpha.mean())}
+        half = bool(np.array_equal(alpha.astype(np.float16).astype(np.float32), alpha))  # exact in fp16 (BWN's α)
         return Encoded("binary", "binary(1b)" + ("" if alpha.size == 1 else ",alpha/channel"), params,
-                       [int_stream("positive", value["positive"], 1, False), float_stream("alpha", alpha)])
+                       [int_stream("positive", value["positive"], 1, False),
+                        float_stream("alpha", alpha, "float16" if half and alpha.size > 1 else None)])
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
         return {"form": "binary", "shape": rec["shape"], "positive": read("positive", rec["shape"]),
-                "alpha": read("alpha", ndim=1)}
+                "alpha": read("alpha", ndim=1).astype(np.float32)}  # fp16 where that was exact
 
     def unpack(self, packed: Mapping[str, Any]) -> np.ndarray:
         shape, _ = check_shape(get(packed, "shape", "binary"))

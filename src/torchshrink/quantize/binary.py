@@ -66,8 +66,14 @@ class _SignSTE(torch.autograd.Function):
 
 
 def bwn_alpha(w: torch.Tensor) -> torch.Tensor:
-    """BWN's α: mean |w| per output channel (Rastegari et al. 2016, Eq. 6), shape ``(out, 1, ...)``."""
-    return w.abs().reshape(w.shape[0], -1).mean(1).reshape(w.shape[0], *([1] * (w.dim() - 1)))
+    """BWN's α: mean |w| per output channel (Rastegari et al. 2016, Eq. 6), shape ``(out, 1, ...)``.
+
+    α is rounded to the nearest float16 (relative error <= 2^-11, far below the
+    binarization's): the file then stores the per-channel scales in 2 bytes each, exactly.
+    """
+    alpha = w.abs().reshape(w.shape[0], -1).mean(1)
+    alpha = alpha + (alpha.to(torch.float16).to(w.dtype) - alpha).detach()  # exact rounding, full-precision grad
+    return alpha.reshape(w.shape[0], *([1] * (w.dim() - 1)))
 
 
 def glorot_scale(w: torch.Tensor) -> float:
