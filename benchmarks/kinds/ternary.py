@@ -39,7 +39,7 @@ def rows(args, gen: torch.Generator) -> list[dict]:
     return out
 
 
-def print_rows(rows: list[dict], title: str = "ternary (TTQ, 2-bit codes in memory)") -> None:
+def print_rows(rows: list[dict], title: str = "ternary (TTQ, 5 codes per byte in memory)") -> None:
     print(f"\n{title}")
     print(f"{'shape':>11} {'batch':>5} {'dense ms':>9} {'bf16 ms':>8} {'int8 ms':>8} {'ts ms':>8} "
           f"{'dense/ts':>8} {'bf16/ts':>8} {'int8/ts':>8}")

@@ -4,21 +4,21 @@ A ternary weight row has three levels {+Wp, 0, -Wn} (TTQ) and a binary one two, 
 (BinaryConnect, BWN, LAB), so ``y[o] = Σ_j w_oj x_j`` needs no multiplication per
 weight: it is ``Wp · Σ_{j ∈ P_o} x_j - Wn · Σ_{j ∈ N_o} x_j`` (ternary) or
 ``α_o · (Σ_{P_o} x_j - Σ_{N_o} x_j)`` (binary). The kernels go further and share the
-sums between rows: the inputs are cut into groups of ``width`` (4 for ternary, 8 for
+sums between rows: the inputs are cut into groups of ``width`` (5 for ternary, 8 for
 binary); for each group every possible pattern of signs has its partial sum in a table
-built with additions only (81 = 3^4 entries from ``+Wp·x``, ``-Wn·x`` and 0; 256 = 2^8
+built with additions only (243 = 3^5 entries from ``+Wp·x``, ``-Wn·x`` and 0; 256 = 2^8
 entries of ``±x``), and a weight row stores one uint8 pattern code per group. Then
 
     y[o] = Σ_g T[g, code[g, o]]            (ternary: Wp, Wn are already in T)
     y[o] = α_o · Σ_g T[g, code[g, o]]      (binary: one multiplication per output)
 
 ``width`` additions per code become one. Building a table costs ``entries`` additions
-(~20 per input for ternary, 32 for binary), small against the ``out / width`` lookups
+(~49 per input for ternary, 32 for binary), small against the ``out / width`` lookups
 per input. Ternary scales ``x`` by Wp and Wn once per input (two multiplications per
 input, none per weight). Codes are stored group-major, ``codes_t[g, o]``, so for one
 group the codes of consecutive rows are contiguous.
 
-* Batch 1 (:func:`lut_matvec`): groups go ``SUM_GROUP`` at a time; their tables (8 x 81
+* Batch 1 (:func:`lut_matvec`): groups go ``SUM_GROUP`` at a time; their tables (8 x 243
   or 8 x 256 floats, at most 8 KB) stay in L1 while a loop over the rows, vectorized
   across rows (gathers), adds the ``SUM_GROUP`` entries to the row's output. Threads
   split the groups and sum private partial outputs.
@@ -37,7 +37,7 @@ from numba import njit, prange
 
 TERNARY, BINARY = 0, 1
 #: Inputs per code and table entries per group, by kind.
-TRIT_WIDTH, TRIT_ENTRIES = 4, 81
+TRIT_WIDTH, TRIT_ENTRIES = 5, 243
 BIT_WIDTH, BIT_ENTRIES = 8, 256
 #: Groups whose table entries are summed per visit of an output row.
 SUM_GROUP = 8

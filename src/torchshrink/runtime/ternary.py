@@ -1,8 +1,8 @@
 """Ternary layers (Trained Ternary Quantization, Zhu et al. 2017) run without a multiplication per weight.
 
 :class:`TernaryKernel` holds a ``{+Wp, 0, -Wn}`` weight as one uint8 pattern code per
-group of 4 inputs and row (``c = Σ_k c_k 3^k``, ``c_k``: 0 zero, 1 positive, 2 negative;
-2 bits per weight in memory) and the two scales. :func:`ternary_matmul` computes
+group of 5 inputs and row (``c = Σ_k c_k 3^k < 243``, ``c_k``: 0 zero, 1 positive,
+2 negative; 1.6 bits per weight in memory) and the two scales. :func:`ternary_matmul` computes
 ``y[o] = Wp · Σ_{P_o} x - Wn · Σ_{N_o} x`` by the table lookups of
 :mod:`torchshrink.runtime._lut_kernels`: additions of activations, the two scales applied
 once per input. :func:`reference_ternary_matmul` is its plain twin (decode, ``F.linear``).
@@ -30,7 +30,7 @@ _POW = 3 ** np.arange(kern.TRIT_WIDTH, dtype=np.int64)
 #: fp32 weight fits in the L2/L3 caches torch's vectorized FMA matmul of the decoded weight
 #: beats the kernel call and its table building (on the 2-core EPYC: 512 x 1024 is faster
 #: dense, 4096 x 4096 faster here; see benchmarks/kernels.py). Layers with few outputs
-#: (ResNet-20's <= 64 channels) pay the table (81 or 256 entries per group) for too few rows.
+#: (ResNet-20's <= 64 channels) pay the table (243 or 256 entries per group) for too few rows.
 MIN_KERNEL_WEIGHTS = 1 << 21
 MIN_KERNEL_OUT = 256
 
@@ -43,7 +43,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class TernaryKernel:
-    """A ternary ``out x in`` matrix: ``codes_t`` (ceil(in/4), out) uint8 base-3 patterns, ``scales`` [Wp, Wn]."""
+    """A ternary ``out x in`` matrix: ``codes_t`` (ceil(in/5), out) uint8 base-3 patterns, ``scales`` [Wp, Wn]."""
 
     shape: tuple[int, int]
     codes_t: np.ndarray
@@ -85,7 +85,7 @@ class TernaryKernel:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weight data a call reads (2 bits per weight plus the scales)."""
+        """Bytes of weight data a call reads (1.6 bits per weight plus the scales)."""
         return self.codes_t.nbytes + self.scales.nbytes
 
     def codes(self) -> np.ndarray:
