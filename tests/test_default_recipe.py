@@ -25,7 +25,7 @@ def test_default_recipe_prunes_12x_within_half_a_point(tmp_path):
 #: Recipes that already run in full below (same pipeline, stricter bounds): no short run twice.
 FULL_RUNS = ("deep_compression_lenet300", "deep_compression_lenet5")
 #: Comparison recipes leave the main model as it was; their rows are checked on their own below.
-COMPARISONS = ("gong2014_vq",)
+COMPARISONS = ("gong2014_vq", "hou2017_lab")  # hou2017_lab: rows checked in test_binary.py
 #: Factorization / quantization recipes keep every parameter nonzero; tests/test_tt.py and
 #: tests/test_qcnn.py run them on digits (short) and check their own figures.
 NOT_PRUNING = ("novikov2015_tt", "wu2016_qcnn")

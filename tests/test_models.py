@@ -19,7 +19,7 @@ from torchshrink.models import (
 from torchshrink.core.select import select_layers
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-NAMES = ["lenet300", "lenet5", "mlp", "resnet20", "resnet32", "resnet56", "vgg16"]
+NAMES = ["lenet300", "lenet5", "mlp", "resnet20", "resnet32", "resnet44", "resnet56", "vgg16"]
 
 
 def n_params(model: nn.Module) -> int:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bitwise_mlp, pq, sparse, tt, xnor, xnor_conv
+from . import binary, bitwise_mlp, pq, sparse, ternary, tt, xnor, xnor_conv
 
 KINDS: dict[str, ModuleType] = {m.KIND: m for m in (
     sparse,
     pq,
+    ternary,
+    binary,
     xnor,
     xnor_conv,
     bitwise_mlp,

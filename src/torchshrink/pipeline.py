@@ -229,7 +229,7 @@ def storage_report(info: Any, file_bytes: int) -> dict[str, Any]:
         form = FORMS[rec["form"]]
         row: dict[str, Any] = {"name": name, "form": rec["form"], "codec": rec["codec"], "bytes": nbytes,
                                "bits_per_weight": 8 * nbytes / numel, "index_role": form.index_role,
-                               "weight_role": form.weight_role}
+                               "weight_role": form.weight_role, "form_params": rec.get("params", {})}
         for role, stream in rec["streams"].items():
             meta = stream["meta"]
             count = int(np.prod(meta.get("shape", [0]))) if meta.get("shape") else 0
@@ -261,7 +261,8 @@ def build_report(st: RunState, baseline: nn.Module, result: nn.Module, base_acc:
         layer = s.to_dict()
         row = stored.get(s.weight_key)
         if row is not None:
-            layer.update(bits_per_weight=row["bits_per_weight"], codec=row["codec"], form=row["form"])
+            layer.update(bits_per_weight=row["bits_per_weight"], codec=row["codec"], form=row["form"],
+                         form_params=row["form_params"])
         layers.append(layer)
     report: dict[str, Any] = {
         "torchshrink_version": __version__,

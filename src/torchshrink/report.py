@@ -106,6 +106,21 @@ def print_report(report: Mapping[str, Any], console: Console | None = None) -> N
     history = report.get("history") or []
     if history:
         console.print(_history_table(history))
+    comparison = report.get("comparison")
+    if isinstance(comparison, list) and comparison:  # compare rows (small_dense writes a dict here)
+        console.print(_comparison_table(comparison))
+
+
+def _comparison_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """A compare stage's rows (``report_key: comparison``): method, accuracy, file bytes, ratio."""
+    t = Table(title="Comparison (each method on a copy of the baseline)")
+    t.add_column("method")
+    for col in ("accuracy", "file bytes", "vs fp32 state dict"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r.get("method")), _pct(r.get("accuracy")), _int(r.get("file_bytes")),
+                  "—" if r.get("ratio") is None else f"{r['ratio']:.1f}x")
+    return t
 
 
 def _layer_table(layers: Sequence[Mapping[str, Any]]) -> Table:

@@ -22,6 +22,8 @@ from .quantize.kmeans import TECHNIQUE as KMEANS
 from .quantize.product import TECHNIQUE as PQ
 from .quantize.qcnn import TECHNIQUE as QCNN
 from .quantize.residual import TECHNIQUE as RQ
+from .quantize.ternary import TECHNIQUE as TTQ
+from .quantize.binary import TECHNIQUE as BINARY
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     MAGNITUDE,
@@ -37,6 +39,8 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     QCNN,
     FILTERS,
     SSL,
+    TTQ,
+    BINARY,
 )}
 
 

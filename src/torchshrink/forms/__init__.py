@@ -23,6 +23,8 @@ from .shared import Shared
 from .shared_sparse import SharedSparse
 from .sparse import Sparse
 from .tt import TT
+from .ternary import Ternary
+from .binary import Binary
 
 FORMS: dict[str, Form] = {f.name: f for f in (
     Dense(),
@@ -33,6 +35,8 @@ FORMS: dict[str, Form] = {f.name: f for f in (
     RQ(),
     Bitwise(),
     TT(),
+    Ternary(),
+    Binary(),
 )}
 
 

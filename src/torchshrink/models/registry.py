@@ -36,6 +36,7 @@ def _registry() -> dict[str, _Entry]:
         "lenet5": _Entry(LeNet5, {"padding": None}),
         "resnet20": _Entry(partial(CifarResNet, 20), {"shortcut": "A"}),
         "resnet32": _Entry(partial(CifarResNet, 32), {"shortcut": "A"}),
+        "resnet44": _Entry(partial(CifarResNet, 44), {"shortcut": "A"}),
         "resnet56": _Entry(partial(CifarResNet, 56), {"shortcut": "A"}),
         "vgg16": _Entry(VGG16),
         "mlp": _Entry(MLP, {"hidden": [1024, 1024, 1024], "batchnorm": True, "activation": "tanh", "dropout": 0.0}),

@@ -12,10 +12,18 @@ from .kmeans import SharedWeights, compression_rate_kmeans, kmeans
 from .product import ProductQuantized, compression_rate_pq, product_quantize
 from .qcnn import QCNNQuantized, qcnn_quantize
 from .residual import ResidualQuantized, compression_rate_rq, residual_quantize
+from .ternary import TrainedTernary, ttq
+from .binary import LAB, BinaryWeights, ClipLatent, binarize
 
 __all__ = [
     "BinarySign",
     "TanhSquash",
+    "LAB",
+    "BinaryWeights",
+    "ClipLatent",
+    "TrainedTernary",
+    "binarize",
+    "ttq",
     "ProductQuantized",
     "ResidualQuantized",
     "SharedWeights",

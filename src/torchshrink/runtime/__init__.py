@@ -15,6 +15,10 @@
   :func:`xnor_conv2d` and :class:`BitwiseMLP` (activations packed between layers).
 * :mod:`~torchshrink.runtime.tt` -- Tensor-Train layers (Novikov et al. 2015):
   :class:`TTKernel`, core contraction or the rebuilt weight, whichever measures faster.
+* :mod:`~torchshrink.runtime.ternary` / :mod:`~torchshrink.runtime.binary` -- ternary
+  (TTQ) and binary-weight (BinaryConnect, BWN, LAB) layers run by sums of activations
+  looked up in tables (no multiplication per weight): :class:`TernaryKernel`,
+  :class:`BinaryKernel`, :func:`ternary_matmul`, :func:`binary_matmul`.
 
 Kernel weights are built from packed values only (``from_packed``; the techniques make
 those), and the runtime modules (:mod:`~torchshrink.runtime.modules`) run any kernel
@@ -27,6 +31,7 @@ torch). ``benchmarks/kernels.py`` measures them against dense and CSR PyTorch.
 
 from __future__ import annotations
 
+from .binary import BinaryKernel, BinaryWeightConv2d, BinaryWeightLinear, binary_matmul, reference_binary_matmul
 from .pq import PQKernel, pq_matmul, reference_pq_matmul
 from .shared import SharedWeightsKernel, reference_shared_matmul, shared_matmul
 from .xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, reference_xnor_conv2d, reference_xnor_matmul, xnor_conv2d,
@@ -34,6 +39,7 @@ from .xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, reference_xnor_conv2d
 from .sparse import SparseKernel, reference_sparse_matmul, sparse_matmul
 from .dispatch import calibrate, force, paths
 from .tt import TTKernel, reference_tt_matmul
+from .ternary import TernaryConv2d, TernaryKernel, TernaryLinear, reference_ternary_matmul, ternary_matmul
 
 __all__ = [
     "BitwiseMLP",
@@ -43,6 +49,16 @@ __all__ = [
     "reference_xnor_matmul",
     "xnor_conv2d",
     "xnor_matmul",
+    "BinaryKernel",
+    "BinaryWeightConv2d",
+    "BinaryWeightLinear",
+    "TernaryConv2d",
+    "TernaryKernel",
+    "TernaryLinear",
+    "binary_matmul",
+    "reference_binary_matmul",
+    "reference_ternary_matmul",
+    "ternary_matmul",
     "PQKernel",
     "SharedWeightsKernel",
     "pq_matmul",

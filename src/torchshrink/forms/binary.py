@@ -1,0 +1,66 @@
+"""``binary``: 1-bit weights with float scales (BinaryConnect, BWN, LAB).
+
+Packed kind ``"binary"``::
+
+    {"form": "binary", "shape": [out, ...], "positive": uint8[shape] (0/1), "alpha": float32[n]}
+    W = where(positive, α, -α)        # n = out: α per output channel (BWN); n = 1: one per layer
+
+Streams: ``positive``, one bit per weight (bit-packed; signs are near balanced, so
+Huffman never pays), and ``alpha`` (fp16 when every value is exactly a float16, as BWN's
+rounded per-channel scales are, else fp32). This is the form for float activations; the
+±1-activation networks of Bitwise NNs have their own form. The runtime module computes
+sums of activations over the positive and negative sets by table lookups, then one
+scale per output (:mod:`torchshrink.runtime.binary`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..format.errors import TskFormatError, check_shape
+from ..format.streams import FLOAT_CODECS, Encoded, Options, float_stream, int_stream
+from .base import Form, StreamReader, codes, floats, get
+
+
+def alpha_of(packed: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The validated α of a binary packed value, shaped to broadcast along the output dimension."""
+    alpha = floats(get(packed, "alpha", "binary"), "The 'binary' alpha", 1)
+    out = shape[0] if shape else 1
+    if alpha.size not in (1, out):
+        raise TskFormatError(f"The 'binary' alpha must hold 1 or {out} (output channels) values. Got {alpha.size}.")
+    return alpha.reshape(-1, *([1] * (len(shape) - 1))) if alpha.size > 1 else alpha.reshape(())
+
+
+class Binary(Form):
+    name = "binary"
+    packs = "binary"
+    selected_by = ("bitpack",)
+    ROLES = {"positive": ("bitpack",), "alpha": FLOAT_CODECS}
+    weight_role = "positive"
+
+    def encode(self, value: dict, plan: Any, opts: Options) -> Encoded:
+        alpha = np.ascontiguousarray(value["alpha"], dtype=np.float32).reshape(-1)
+        params: dict[str, Any] = {"alpha": float(alpha[0])} if alpha.size == 1 else {"alpha_mean": float(alpha.mean())}
+        half = bool(np.array_equal(alpha.astype(np.float16).astype(np.float32), alpha))  # exact in fp16 (BWN's α)
+        return Encoded("binary", "binary(1b)" + ("" if alpha.size == 1 else ",alpha/channel"), params,
+                       [int_stream("positive", value["positive"], 1, False),
+                        float_stream("alpha", alpha, "float16" if half and alpha.size > 1 else None)])
+
+    def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
+        return {"form": "binary", "shape": rec["shape"], "positive": read("positive", rec["shape"]),
+                "alpha": read("alpha", ndim=1).astype(np.float32)}  # fp16 where that was exact
+
+    def unpack(self, packed: Mapping[str, Any]) -> np.ndarray:
+        shape, _ = check_shape(get(packed, "shape", "binary"))
+        alpha = alpha_of(packed, shape)
+        positive = codes(get(packed, "positive", "binary"), "The 'binary' signs", shape, 2)
+        return np.where(positive.astype(bool), alpha, -alpha).astype(np.float32)
+
+    def runtime(self, layer: nn.Module, packed: Mapping[str, Any]) -> nn.Module | None:
+        from ..runtime.binary import binary_layer
+
+        return binary_layer(layer, packed)
