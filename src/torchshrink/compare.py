@@ -8,23 +8,21 @@ optional fine-tuning) on a copy of the current model, is saved to
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
 
 from .core.technique import StageSpec, Step, Technique
+from .core.transform import clone
 from .measure import model_summary, state_dict_bytes
 from .train import TrainConfig, evaluate
-
 
 class CompareSpec(StageSpec):
     """Several methods, each on a copy of the current model (Gong et al. 2014 Table 1)."""
 
     technique: Literal["compare"]
     methods: list[Any] = Field(..., min_length=1, description="stages of other techniques, one per method")
-
 
 def _apply(ctx: Any, spec: CompareSpec, finetune: TrainConfig) -> Step:
     from .format import save
@@ -34,7 +32,7 @@ def _apply(ctx: Any, spec: CompareSpec, finetune: TrainConfig) -> Step:
     rows = []
     for j, method in enumerate(spec.methods):
         label = method.name or f"{method.technique}{j + 1}"
-        branch = replace(ctx, model=copy.deepcopy(ctx.model), history=[], curve=[], extra={},
+        branch = replace(ctx, model=clone(ctx.model), history=[], curve=[], extra={},
                          schedule={"steps": [], "sparsity": []})
         run_stage(branch, method, f"{ctx.tag}-{label}")
         info = save(branch.model, ctx.out / "compare" / f"{label}.tsk")
@@ -46,6 +44,5 @@ def _apply(ctx: Any, spec: CompareSpec, finetune: TrainConfig) -> Step:
                           f"({dense_bytes / info.file_bytes:.1f}x smaller)")
     ctx.extra.setdefault("methods", []).extend(rows)
     return Step(finetune=False)
-
 
 TECHNIQUE = Technique("compare", CompareSpec, _apply, changes_model=False, stage_list="methods")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from .compare import TECHNIQUE as COMPARE
 from .core.technique import Technique
 from .factorize.svd import TECHNIQUE as SVD
+from .policy.stage import TECHNIQUE as POLICY
 from .prune.agp import TECHNIQUE as AGP
 from .prune.magnitude import TECHNIQUE as MAGNITUDE
 from .prune.small_dense import TECHNIQUE as SMALL_DENSE
@@ -20,6 +21,7 @@ from .quantize.residual import TECHNIQUE as RQ
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     MAGNITUDE, AGP, SMALL_DENSE, KMEANS, PQ, RQ, SVD, COMPARE,
+    POLICY,
 )}
 
 
