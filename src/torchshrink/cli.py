@@ -1,4 +1,4 @@
-"""The ``torchshrink`` command line: run, recipes, sensitivity, inspect, eval, export.
+"""The ``torchshrink`` command line: run, auto, recipes, sensitivity, inspect, eval, bench, export.
 
 Bad input ends with a one-line ``error: ...`` on stderr and exit code 2; no traceback.
 """
@@ -73,6 +73,37 @@ def export(
     info = export_onnx(file, onnx)
     console.print(f"wrote {info['path']} ({info['bytes']:,} bytes, opset {info['opset']}); onnxruntime matches "
                   f"PyTorch on a batch of {info['checked_batch']} (max |diff| {info['max_abs_diff']:.2e})")
+
+
+@app.command()
+def auto(
+    recipe: RecipeArg = "deep_compression_lenet300",
+    budget_bytes: Annotated[Optional[int], typer.Option(min=1, help="model.tsk bytes, header included")] = None,
+    budget_latency_ms: Annotated[Optional[float], typer.Option(min=0, help="batch-1 latency of the searched layers")] = None,
+    budget_energy_uj: Annotated[Optional[float], typer.Option(min=0, help="estimated energy of the searched layers")] = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    progress: ProgressOpt = True,
+    set_: SetOpt = None,
+) -> None:
+    """Choose each layer's sparsity and bits by search to meet a budget, then compress and verify (HAQ/AMC style)."""
+    from .pipeline import run_recipe
+    from .policy.auto import auto_recipe
+    from .recipe import load_recipe
+
+    r = auto_recipe(load_recipe(recipe, set_), {"budget_bytes": budget_bytes, "budget_latency_ms": budget_latency_ms,
+                                                "budget_energy_uj": budget_energy_uj})
+    out = out or Path("runs") / r.name
+    check_out_folder(out)
+    res = run_recipe(r, out, seed=seed, progress=progress, console=console)
+    p = res.report["policy"]
+    m = p["chosen"]["measured"]
+    console.print(f"policy for {p['budget']:g} {p['unit']}: file {m['file_bytes']:,} bytes, accuracy {m['accuracy']:.4f}")
+    if "uniform" in p and "measured" in p["uniform"]:
+        u = p["uniform"]["measured"]
+        console.print(f"best uniform policy under the same budget: file {u['file_bytes']:,} bytes, "
+                      f"accuracy {u['accuracy']:.4f}")
+    console.print(f"wrote {res.out / 'report.json'}, {res.out / 'model.tsk'} and {res.out / 'policy.png'}")
 
 
 @app.command()

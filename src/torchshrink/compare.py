@@ -8,13 +8,13 @@ optional fine-tuning) on a copy of the current model, is saved to
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
 
 from .core.technique import StageSpec, Step, Technique
+from .core.transform import clone
 from .errors import RecipeError
 from .measure import model_summary, state_dict_bytes
 from .train import TrainConfig, evaluate
@@ -28,7 +28,6 @@ class CompareSpec(StageSpec):
     include_baseline: str | None = Field(None, description="label of a first row for the unchanged model (stored "
                                          "as it is), e.g. full-precision; none by default")
     report_key: Literal["methods", "comparison"] = Field("methods", description="report.json key of the rows")
-
 
 def _apply(ctx: Any, spec: CompareSpec, finetune: TrainConfig) -> Step:
     from .format import save
@@ -44,7 +43,7 @@ def _apply(ctx: Any, spec: CompareSpec, finetune: TrainConfig) -> Step:
                      "params": model_summary(ctx.model, ctx.data.input_shape)["params"]})
     for j, method in enumerate(spec.methods):
         label = method.name or f"{method.technique}{j + 1}"
-        branch = replace(ctx, model=copy.deepcopy(ctx.model), history=[], curve=[], extra={},
+        branch = replace(ctx, model=clone(ctx.model), history=[], curve=[], extra={},
                          schedule={"steps": [], "sparsity": []})
         run_stage(branch, method, f"{ctx.tag}-{label}")
         info = save(branch.model, ctx.out / "compare" / f"{label}.tsk")
@@ -60,6 +59,5 @@ def _apply(ctx: Any, spec: CompareSpec, finetune: TrainConfig) -> Step:
                           "use report_key: methods")
     table.extend(rows)
     return Step(finetune=False)
-
 
 TECHNIQUE = Technique("compare", CompareSpec, _apply, changes_model=False, stage_list="methods")

@@ -7,7 +7,6 @@ than the first convolution) and guide the per-layer targets of a recipe.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from torch.utils.data import Dataset
 
 from .prune.magnitude import prune_layer
 from .core.select import select_layers
+from .core.transform import clone
 from .train import evaluate
-
 
 def sensitivity(
     model: nn.Module,
@@ -39,14 +38,13 @@ def sensitivity(
         task = bar.add_task("sensitivity", total=len(names) * len(sparsities))
         for name in names:
             for s in sparsities:
-                trial = copy.deepcopy(model)
+                trial = clone(model)
                 layer = dict(trial.named_modules())[name]
                 if s > 0:
                     prune_layer(layer, sparsity=s, name=name)
                 curves[name].append({"sparsity": float(s), "accuracy": evaluate(trial, test_data)["accuracy"]})
                 bar.advance(task)
     return curves
-
 
 def write_sensitivity(curves: dict[str, list[dict[str, float]]], out: Path,
                       baseline_accuracy: float | None = None) -> dict[str, Any]:
@@ -58,7 +56,6 @@ def write_sensitivity(curves: dict[str, list[dict[str, float]]], out: Path,
     plot_sensitivity({k: [(p["sparsity"], p["accuracy"]) for p in v] for k, v in curves.items()},
                      out / "sensitivity.png", baseline_accuracy=baseline_accuracy)
     return doc
-
 
 def sensitivity_table(curves: dict[str, list[dict[str, float]]]):
     """A rich table: one row per layer, one column per sparsity."""

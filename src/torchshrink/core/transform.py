@@ -137,19 +137,29 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def clone(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parametrized modules have classes of their own.
+
+    ``copy.deepcopy`` shares the original's dynamically made ``Parametrized*`` class, and
+    adding or removing a parametrization changes that class's properties: on a plain deep
+    copy, attaching a transform to a copy's bias gives the original a ``bias`` property
+    with no parametrization behind it. Copy models with transforms through this.
+    """
+    new = copy.deepcopy(model)
+    for _, m in new.named_modules():
+        if parametrize.is_parametrized(m):
+            cls = type(m)
+            m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    return new
+
+
 def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Remove every parametrization, leaving the effective weights as plain parameters."""
     model = unwrap(model)
     if not inplace:
-        model = copy.deepcopy(model)
+        model = clone(model)
     for _, m in list(model.named_modules()):
         if parametrize.is_parametrized(m):
-            if not inplace:
-                # A deep copy shares the original's dynamically made Parametrized* class, and
-                # removing a parametrization deletes the property from that class: give the
-                # copy a class of its own so the original keeps working.
-                cls = type(m)
-                m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             for tname in list(m.parametrizations):
                 parametrize.remove_parametrizations(m, tname, leave_parametrized=True)
     return model

@@ -13,7 +13,7 @@ from .errors import TskFormatError
 from .huffman import decode_huffman, encode_huffman, encoded_bits
 from .records import TskFile, read_tsk
 from .sparse import decode_relative_sparse, encode_relative_sparse, from_relative_index, to_relative_index
-from .tsk import SaveInfo, inspect_rows, load, runtime_model, save
+from .tsk import SaveInfo, encoded_bytes, inspect_rows, load, runtime_model, save
 
 __all__ = [
     "SaveInfo",
@@ -29,6 +29,7 @@ __all__ = [
     "encode_huffman",
     "encode_relative_sparse",
     "encoded_bits",
+    "encoded_bytes",
     "from_relative_index",
     "inspect_rows",
     "load",

@@ -250,8 +250,7 @@ def save(
     packers = _packers(model)
     records, blobs, entry_bits = [], {}, {}
     for name, t in state.items():
-        opts = Options(forced.get(name, "auto"), widths.get(name), huffman)
-        enc = _encode_tensor(name, t, packers.get(name), opts)
+        enc = _encode_tensor(name, t, packers.get(name), Options(forced.get(name, "auto"), widths.get(name), huffman))
         streams = {}
         entry_bits[name] = {s.role: s.width for s in enc.streams}
         for s in enc.streams:
@@ -267,6 +266,22 @@ def save(
     }
     file_bytes = write_container(path, doc, blobs)
     return SaveInfo(Path(path), file_bytes, records, entry_bits)
+
+
+def encoded_bytes(model: nn.Module, names: list[str] | None = None, *, huffman: bool | None = None) -> dict[str, int]:
+    """Bytes each tensor of ``model`` (or just ``names``) takes in a ``.tsk`` file, encoded for real.
+
+    The same choice of form and codec as :func:`save` (with default codecs), without
+    writing a file: the tensor data only (the file adds its header, see ``SaveInfo.header_bytes``).
+    """
+    state = effective_state_dict(model)
+    unknown = [n for n in names or [] if n not in state]
+    if unknown:
+        raise ModelError(f"encoded_bytes: the model has no tensor {unknown[0]!r}")
+    packers = _packers(model)
+    return {name: sum(len(s.data) for s in _encode_tensor(name, state[name], packers.get(name),
+                                                          Options("auto", None, huffman)).streams)
+            for name in (names if names is not None else list(state))}
 
 
 # --- load --------------------------------------------------------------------------------
