@@ -197,7 +197,9 @@ def test_recipe_round_trip_on_digits(tmp_path, small_kernels) -> None:
     layers = {row["name"]: row for row in res.report["layers"]}
     assert layers["fc2"]["form"] == "ternary" and "fc1" in layers and layers["fc1"]["form"] != "ternary"
     assert set(layers["fc2"]["form_params"]) >= {"wp", "wn"}
-    assert res.report["runtime"]["compressed_layers"] == 1
+    # fc2 got a ternary runtime layer; the measured dispatch then kept it or its dense twin
+    assert "fc2" in {row["layer"] for row in res.report["runtime"]["paths"]}
+    assert res.report["runtime"]["compressed_layers"] <= 1
     assert res.report["runtime"]["prediction_agreement"] == 1.0
 
 
