@@ -13,7 +13,7 @@ compilation excluded); then ``--rounds`` rounds each time every method ``--repea
 times in a row, so a noisy period hits all methods alike; the reported figure is the
 median of all samples. Threads: torch and numba each use every available core.
 
-Usage: ``python benchmarks/kernels.py [--kind sparse,pq] [--quick] [--json] [--input-density 0.5]``.
+Usage: ``python benchmarks/kernels.py [--kind sparse,pq] [--shapes 4096x4096] [--quick] [--json] [--input-density 0.5]``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON list of rows instead of tables")
     parser.add_argument("--quick", action="store_true", help="one small shape, few repeats (smoke run)")
     parser.add_argument("--kind", default=",".join(KINDS), help=f"comma-separated kinds (default all: {','.join(KINDS)})")
+    parser.add_argument("--shapes", default=None, help="comma-separated OUTxIN shapes for the kinds that take them, "
+                        "e.g. 4096x4096 (default: each kind's own)")
     parser.add_argument("--input-density", type=float, default=0.5, help="fraction of nonzero inputs (default 0.5)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10)
@@ -46,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         parser.error(f"unknown --kind {', '.join(unknown)}; expected some of {', '.join(KINDS)}")
-    args.shapes = QUICK_SHAPES if args.quick else None
+    try:
+        given = [tuple(int(v) for v in t.lower().split("x")) for t in args.shapes.split(",")] if args.shapes else None
+    except ValueError:
+        parser.error(f"--shapes must look like 4096x4096,1000x4096; got {args.shapes!r}")
+    if given is not None and any(len(t) != 2 or min(t) < 1 for t in given):
+        parser.error(f"--shapes must look like 4096x4096,1000x4096; got {args.shapes!r}")
+    args.shapes = QUICK_SHAPES if args.quick else given
     if args.quick:
         args.rounds, args.repeats = 2, 3
     gen = torch.Generator().manual_seed(0)
