@@ -183,3 +183,24 @@ def output_tensor(
             raise ModelError(f"{owner}: bias must be a tensor of shape ({n_out},). Got {got}.")
         out += bias.detach().to(device="cpu", dtype=torch.float32)
     return out if dtype == torch.float32 else out.to(dtype)
+
+
+def frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous, read-only array (kernel weights never change after they are built)."""
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+class MatrixShape:
+    """``out_features`` / ``in_features`` of a kernel weight that records its ``shape`` as ``(out, in)``."""
+
+    shape: tuple[int, int]
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]

@@ -19,21 +19,15 @@ from torch import nn
 
 from ..errors import ModelError
 from . import _lut_kernels as kern
-from ._common import input_matrix, output_tensor
+from ._common import MatrixShape, frozen, input_matrix, output_tensor
 from .modules import CompressedConv2d, CompressedLinear
 from .ternary import kernel_module, lut_call
 
 _OWNER = "BinaryKernel"
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.flags.writeable = False
-    return a
-
-
 @dataclass(frozen=True, eq=False)
-class BinaryKernel:
+class BinaryKernel(MatrixShape):
     """A binary ``out x in`` matrix: ``codes_t`` (ceil(in/8), out) uint8 sign bits, ``alpha`` (out,) or (1,)."""
 
     shape: tuple[int, int]
@@ -55,7 +49,7 @@ class BinaryKernel:
         padded = np.zeros((out, g * kern.BIT_WIDTH), np.uint8)
         padded[:, :n] = p
         bits = np.packbits(padded, axis=1, bitorder="little")
-        return cls((int(out), int(n)), _frozen(bits.T), _frozen(a))
+        return cls((int(out), int(n)), frozen(bits.T), frozen(a))
 
     @classmethod
     def from_packed(cls, packed: dict) -> BinaryKernel:
@@ -64,14 +58,6 @@ class BinaryKernel:
         if len(shape) < 2:
             raise ModelError(f"{_OWNER}: a binary weight needs 2 or more dimensions. Got shape {shape}.")
         return cls.from_signs(np.asarray(packed["positive"]).reshape(shape[0], -1), packed["alpha"])
-
-    @property
-    def out_features(self) -> int:
-        return self.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.shape[1]
 
     @property
     def weight_bytes(self) -> int:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError
 from . import _pq_kernels as kern
-from ._common import check_int, input_matrix, output_tensor, run_kernel
+from ._common import check_int, frozen, input_matrix, output_tensor, run_kernel
 
 MAX_CODEWORDS = 256
 _OWNER = "PQKernel"
@@ -77,8 +77,8 @@ class PQKernel:
             raise ModelError(f"{_OWNER}: codebooks contain NaN or infinite values.")
         in_f = n_sub * d if self.in_features is None else self.in_features
         in_f = check_int(in_f, "in_features", _OWNER, (n_sub - 1) * d + 1, n_sub * d)
-        cb_t = _frozen(np.array(cb.transpose(0, 2, 1), dtype=np.float32, order="C"))
-        codes_t = _frozen(np.array(codes.T, dtype=np.uint8, order="C"))
+        cb_t = frozen(np.array(cb.transpose(0, 2, 1), dtype=np.float32, order="C"))
+        codes_t = frozen(np.array(codes.T, dtype=np.uint8, order="C"))
         object.__setattr__(self, "codebooks_t", cb_t)
         object.__setattr__(self, "codebooks", cb_t.transpose(0, 2, 1))
         object.__setattr__(self, "codes_t", codes_t)
@@ -88,7 +88,7 @@ class PQKernel:
             order = np.asarray(self.input_order, dtype=np.int64)
             if order.shape != (in_f,) or not np.array_equal(np.sort(order), np.arange(in_f)):
                 raise ModelError(f"{_OWNER}: input_order must be a permutation of range({in_f}).")
-            object.__setattr__(self, "input_order", _frozen(order))
+            object.__setattr__(self, "input_order", frozen(order))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -148,11 +148,6 @@ class PQKernel:
     def __repr__(self) -> str:
         n_sub, k, d = self.codebooks.shape
         return f"PQKernel(shape={self.shape}, subvector={d}, subspaces={n_sub}, codewords={k}, nbytes={self.nbytes})"
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
 
 
 def pq_matmul(x: torch.Tensor, w: PQKernel, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -41,7 +41,7 @@ from numba import njit
 
 from ..errors import ModelError
 from . import _shared_kernels as kern
-from ._common import check_int, input_matrix, output_tensor, run_kernel
+from ._common import MatrixShape, check_int, frozen, input_matrix, output_tensor, run_kernel
 
 #: Cost of one visited nonzero in the column (scalar scatter) kernel relative to one
 #: row-chunk entry (vector gather); measured 2.0-2.7 on the benchmark machine (1 and 2
@@ -55,12 +55,6 @@ def _index_dtype(largest: int) -> type:
     return np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.flags.writeable = False
-    return a
-
-
 @njit(cache=True)
 def _active_nonzeros(x, col_ptr):
     total = 0
@@ -71,7 +65,7 @@ def _active_nonzeros(x, col_ptr):
 
 
 @dataclass(frozen=True, eq=False)
-class SharedWeightsKernel:
+class SharedWeightsKernel(MatrixShape):
     """A pruned, weight-shared ``out x in`` matrix in the two kernel layouts.
 
     Build it with :meth:`from_packed` (a ``shared`` packed value, as k-means weight sharing
@@ -89,14 +83,6 @@ class SharedWeightsKernel:
     col_ptr: np.ndarray  # (in + 1,) int64
     col_row: np.ndarray  # (nnz,) uint16/32 row indices, ascending within a column
     col_code: np.ndarray  # (nnz,) uint8
-
-    @property
-    def out_features(self) -> int:
-        return self.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.shape[1]
 
     @property
     def nbytes_rows(self) -> int:
@@ -194,14 +180,14 @@ class SharedWeightsKernel:
         return cls(
             shape=(int(out_f), int(in_f)),
             bits=int(bits),
-            codebook=_frozen(cb.astype(np.float32)),
+            codebook=frozen(cb.astype(np.float32)),
             nnz=int(rows.size),
-            chunk_ptr=_frozen(chunk_start[::k]),
-            chunk_code=_frozen(chunk_code),
-            chunk_index=_frozen(chunk_index),
-            col_ptr=_frozen(col_ptr),
-            col_row=_frozen(rows[order].astype(_index_dtype(out_f - 1))),
-            col_code=_frozen(codes[order].astype(np.uint8)),
+            chunk_ptr=frozen(chunk_start[::k]),
+            chunk_code=frozen(chunk_code),
+            chunk_index=frozen(chunk_index),
+            col_ptr=frozen(col_ptr),
+            col_row=frozen(rows[order].astype(_index_dtype(out_f - 1))),
+            col_code=frozen(codes[order].astype(np.uint8)),
         )
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from ..errors import ModelError
-from ._common import input_matrix, output_tensor, run_kernel
+from ._common import MatrixShape, frozen, input_matrix, output_tensor, run_kernel
 
 #: Batch rows per pass of the batched kernel (the transposed block stays in L2).
 BATCH_BLOCK = 64
@@ -72,21 +72,13 @@ def csr_matmul(x, indptr, indices, values, y, threads):
 
 
 @dataclass(frozen=True, eq=False)
-class SparseKernel:
+class SparseKernel(MatrixShape):
     """A pruned float32 ``out x in`` matrix in CSR (read-only arrays). Build it with :meth:`from_dense`."""
 
     shape: tuple[int, int]
     indptr: np.ndarray  # (out + 1,) int64
     indices: np.ndarray  # (nnz,) uint16 / uint32 column of each nonzero, ascending within a row
     values: np.ndarray  # (nnz,) float32
-
-    @property
-    def out_features(self) -> int:
-        return self.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.shape[1]
 
     @property
     def nnz(self) -> int:
@@ -116,9 +108,7 @@ class SparseKernel:
         indptr = np.zeros(w.shape[0] + 1, np.int64)
         np.cumsum(np.bincount(r, minlength=w.shape[0]), out=indptr[1:])
         index_dtype = np.uint16 if w.shape[1] <= np.iinfo(np.uint16).max + 1 else np.uint32
-        arrays = [indptr, c.astype(index_dtype), w[r, c].astype(np.float32)]
-        for a in arrays:
-            a.flags.writeable = False
+        arrays = [frozen(a) for a in (indptr, c.astype(index_dtype), w[r, c].astype(np.float32))]
         return cls((int(w.shape[0]), int(w.shape[1])), *arrays)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelError
 from . import _lut_kernels as kern
-from ._common import input_matrix, output_tensor, run_kernel
+from ._common import MatrixShape, frozen, input_matrix, output_tensor, run_kernel
 from .modules import CompressedConv2d, CompressedLinear, im2col_ok
 
 _OWNER = "TernaryKernel"
@@ -35,14 +35,8 @@ MIN_KERNEL_WEIGHTS = 1 << 21
 MIN_KERNEL_OUT = 256
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.flags.writeable = False
-    return a
-
-
 @dataclass(frozen=True, eq=False)
-class TernaryKernel:
+class TernaryKernel(MatrixShape):
     """A ternary ``out x in`` matrix: ``codes_t`` (ceil(in/5), out) uint8 base-3 patterns, ``scales`` [Wp, Wn]."""
 
     shape: tuple[int, int]
@@ -64,7 +58,7 @@ class TernaryKernel:
         padded = np.zeros((out, g * kern.TRIT_WIDTH), np.uint8)
         padded[:, :n] = c
         patterns = (padded.reshape(out, g, kern.TRIT_WIDTH).astype(np.int64) @ _POW).astype(np.uint8)
-        return cls((int(out), int(n)), _frozen(patterns.T), _frozen(s))
+        return cls((int(out), int(n)), frozen(patterns.T), frozen(s))
 
     @classmethod
     def from_packed(cls, packed: dict) -> TernaryKernel:
@@ -74,14 +68,6 @@ class TernaryKernel:
             raise ModelError(f"{_OWNER}: a ternary weight needs 2 or more dimensions. Got shape {shape}.")
         codes = np.asarray(packed["codes"]).reshape(shape[0], -1)
         return cls.from_codes(codes, packed["scales"])
-
-    @property
-    def out_features(self) -> int:
-        return self.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.shape[1]
 
     @property
     def weight_bytes(self) -> int:

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import ModelError
 from . import _xnor_kernels as kern
-from ._common import input_matrix, output_tensor, run_kernel
+from ._common import frozen, input_matrix, output_tensor, run_kernel
 
 _OWNER = "XnorWeight"
 
@@ -100,12 +100,6 @@ def pack_signs(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return pack_rows(arr.reshape(arr.shape[0], -1) > 0)
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.flags.writeable = False
-    return a
-
-
 # --- linear --------------------------------------------------------------------------------
 
 
@@ -131,13 +125,13 @@ class XnorWeight:
             raise ModelError(f"{_OWNER} needs a 2-D (out, in) weight. Got shape {list(signs.shape)}.")
         n_out, n_in = signs.shape
         if mask is None:
-            return cls(n_in, n_out, _frozen(interleave(pack_rows(signs))), None,
-                       _frozen(np.full(n_out, n_in, np.int32)))
+            return cls(n_in, n_out, frozen(interleave(pack_rows(signs))), None,
+                       frozen(np.full(n_out, n_in, np.int32)))
         keep = np.asarray(mask).astype(bool)
         if keep.shape != signs.shape:
             raise ModelError(f"{_OWNER}: mask shape {list(keep.shape)} differs from the weight's {list(signs.shape)}.")
-        return cls(n_in, n_out, _frozen(interleave(pack_rows(signs & keep))), _frozen(interleave(pack_rows(keep))),
-                   _frozen(keep.sum(axis=1).astype(np.int32)))
+        return cls(n_in, n_out, frozen(interleave(pack_rows(signs & keep))), frozen(interleave(pack_rows(keep))),
+                   frozen(keep.sum(axis=1).astype(np.int32)))
 
     @classmethod
     def from_dense(cls, w: np.ndarray | torch.Tensor) -> XnorWeight:
@@ -247,7 +241,7 @@ class XnorConvWeight:
         o, c, kh, kw = w.shape
         bits = np.transpose(w > 0, (0, 2, 3, 1)).reshape(o * kh * kw, c)  # channels innermost
         packed = pack_rows(bits).reshape(o, kh * kw * words(c))
-        return cls(o, c, (kh, kw), _frozen(interleave(packed)))
+        return cls(o, c, (kh, kw), frozen(interleave(packed)))
 
     @property
     def weight_bytes(self) -> int:
