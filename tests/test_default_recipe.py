@@ -29,9 +29,12 @@ COMPARISONS = ("gong2014_vq", "hou2017_lab")  # hou2017_lab: rows checked in tes
 #: Factorization / quantization recipes keep every parameter nonzero; tests/test_tt.py and
 #: tests/test_qcnn.py run them on digits (short) and check their own figures.
 NOT_PRUNING = ("novikov2015_tt", "wu2016_qcnn")
+#: Recipes whose own test file runs them short on digits and checks their own figures.
+CHECKED_ELSEWHERE = ("amc_vgg16_cifar10",)  # tests/test_amc.py
 
 
-@pytest.mark.parametrize("name", sorted(set(shipped_recipes()) - set(FULL_RUNS) - set(COMPARISONS) - set(NOT_PRUNING)))
+@pytest.mark.parametrize("name", sorted(set(shipped_recipes()) - set(FULL_RUNS) - set(COMPARISONS) - set(NOT_PRUNING)
+                                        - set(CHECKED_ELSEWHERE)))
 def test_every_shipped_recipe_runs_end_to_end_on_digits(name, tmp_path):
     """The paper recipes need MNIST; their pipeline is checked on digits with short epochs.
 

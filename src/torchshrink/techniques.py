@@ -12,6 +12,7 @@ from .compare import TECHNIQUE as COMPARE
 from .core.technique import Technique
 from .factorize.svd import TECHNIQUE as SVD
 from .factorize.tt import TECHNIQUE as TT
+from .policy.channels import TECHNIQUE as AMC
 from .policy.stage import TECHNIQUE as POLICY
 from .prune.agp import TECHNIQUE as AGP
 from .prune.filters import TECHNIQUE as FILTERS
@@ -43,6 +44,7 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     TTQ,
     BINARY,
     POLICY,
+    AMC,
 )}
 
 

@@ -20,8 +20,9 @@ the table is the same as one rank's: every item is a deterministic function of t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,9 @@ from ..format import encoded_bytes
 from ..measure import energy_estimate, layer_stats
 from ..train import distributed_env, evaluate, init_distributed
 from .settings import Setting, applied
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Decimal digits kept of measured floats, so that tables from any number of ranks compare equal.
 DIGITS = 9
@@ -92,33 +96,46 @@ def profile(
     base = evaluate(model, held)["loss"]
     macs = {s.name: s.macs_dense for s in layer_stats(model, input_shape)}
     items = [(n, s) for n in names for s in settings]
-    rank, world = distributed_env()
-    if world > 1:
-        rank, world = init_distributed(torch.device("cpu"))
-    mine = list(range(rank, len(items), world))
-    rows: dict[int, Entry] = {}
     timer = None
     if latency:
         from .latency import LayerTimer
 
         timer = LayerTimer(model, input_shape)
+
+    def one(item: tuple[str, Setting]) -> Entry:
+        name, setting = item
+        trial = applied(model, {name: setting}, include_bias=include_bias)
+        ev = evaluate(trial, held)
+        nbytes = sum(encoded_bytes(trial, layer_tensors(trial, name)).values())
+        nz_macs = int(round(macs.get(name, 0) * (1.0 - setting.sparsity)))
+        return Entry(
+            layer=name, sparsity=setting.sparsity, bits=setting.bits, bytes=nbytes,
+            damage=round(ev["loss"] - base, DIGITS), loss=round(ev["loss"], DIGITS),
+            accuracy=ev["accuracy"], energy_uj=round(energy_estimate(nz_macs, nbytes)["total_uj"], DIGITS),
+            latency_ms=None if timer is None else timer.time(trial, name),
+        )
+
+    return measured(items, one, description="policy: measuring layers x settings", progress=progress)
+
+
+def measured(items: Sequence[T], measure: Callable[[T], R], *, description: str, progress: bool = True) -> list[R]:
+    """``[measure(item) for item in items]``, the items split across ``torchrun`` ranks and gathered.
+
+    Every rank returns the same list as one rank would, provided ``measure`` is a
+    deterministic function of its item (round measured floats to :data:`DIGITS`).
+    """
+    rank, world = distributed_env()
+    if world > 1:
+        rank, world = init_distributed(torch.device("cpu"))
+    rows: dict[int, R] = {}
+    mine = list(range(rank, len(items), world))
     with Progress(transient=True, disable=not progress or rank != 0) as bar:
-        task = bar.add_task("policy: measuring layers x settings", total=len(mine))
+        task = bar.add_task(description, total=len(mine))
         for i in mine:
-            name, setting = items[i]
-            trial = applied(model, {name: setting}, include_bias=include_bias)
-            ev = evaluate(trial, held)
-            nbytes = sum(encoded_bytes(trial, layer_tensors(trial, name)).values())
-            nz_macs = int(round(macs.get(name, 0) * (1.0 - setting.sparsity)))
-            rows[i] = Entry(
-                layer=name, sparsity=setting.sparsity, bits=setting.bits, bytes=nbytes,
-                damage=round(ev["loss"] - base, DIGITS), loss=round(ev["loss"], DIGITS),
-                accuracy=ev["accuracy"], energy_uj=round(energy_estimate(nz_macs, nbytes)["total_uj"], DIGITS),
-                latency_ms=None if timer is None else timer.time(trial, name),
-            )
+            rows[i] = measure(items[i])
             bar.advance(task)
     if world > 1:
-        gathered: list[dict[int, Entry] | None] = [None] * world
+        gathered: list[dict[int, R] | None] = [None] * world
         dist.all_gather_object(gathered, rows)
         rows = {i: e for part in gathered for i, e in (part or {}).items()}
     return [rows[i] for i in range(len(items))]

@@ -19,6 +19,7 @@ from ..core.transform import clone
 from ..prune.magnitude import prune_layer
 from ..quantize.kmeans import kmeans
 
+
 @dataclass(frozen=True)
 class Setting:
     """``sparsity`` (fraction of weights removed) and ``bits`` (k-means index width, None: fp32)."""
