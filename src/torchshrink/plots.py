@@ -22,7 +22,7 @@ def plot_sparsity(layers: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
     names = [str(layer.get("name", "?")) or "(model)" for layer in layers]
     kept = [100 * (_kept(layer) or 0.0) for layer in layers]
     n = len(names)
-    fig, ax = _figure(width=min(16.0, max(6.0, 0.6 * n + 2)))
+    fig, ax = figure(width=min(16.0, max(6.0, 0.6 * n + 2)))
     bars = ax.bar(range(n), kept, color="tab:blue")
     if n <= 30:
         ax.bar_label(bars, labels=[f"{k:.1f}%" for k in kept], fontsize=8)
@@ -30,7 +30,7 @@ def plot_sparsity(layers: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
     ax.set_xticks(range(n), names, **tilted)
     ax.set_ylim(0, 110)
     ax.set(title="Weights kept per layer", xlabel="layer", ylabel="weights kept (%)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_vs_kept(
@@ -40,7 +40,7 @@ def plot_accuracy_vs_kept(
 ) -> Path:
     """Accuracy against the fraction of weights kept (a pruning curve, Han 2015 Fig. 5)."""
     pts = _pairs(points, "kept", "accuracy", "plot_accuracy_vs_kept")
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.plot([100 * k for k, _ in pts], [100 * a for _, a in pts], "o-", label="pruned model")
     _baseline(ax, baseline_accuracy)
     if pts[0][0] > 0 and pts[-1][0] >= 10 * pts[0][0]:  # spans a decade: log axis
@@ -50,7 +50,7 @@ def plot_accuracy_vs_kept(
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set(title="Accuracy vs. weights kept", xlabel="weights kept (%)", ylabel="accuracy (%)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_schedule(
@@ -62,12 +62,12 @@ def plot_schedule(
             f"plot_schedule needs equally long, non-empty steps and sparsity; got {len(steps)} "
             f"and {len(sparsity)}"
         )
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.plot(list(steps), [100 * s for s in sparsity], drawstyle="steps-post", label="target sparsity")
     ax.set_ylim(0, 105)
     ax.set(title="Sparsity schedule", xlabel="training step", ylabel="sparsity (%)")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sensitivity(
@@ -78,14 +78,14 @@ def plot_sensitivity(
     """Accuracy against sparsity, one line per layer pruned alone (Han 2015 Fig. 6)."""
     if not curves:
         raise TorchshrinkError("plot_sensitivity needs at least one layer's curve")
-    fig, ax = _figure(width=7.5)
+    fig, ax = figure(width=7.5)
     for name, points in curves.items():
         pts = _pairs(points, "sparsity", "accuracy", f"plot_sensitivity (layer {name!r})")
         ax.plot([100 * s for s, _ in pts], [100 * a for _, a in pts], "o-", ms=3, label=name)
     _baseline(ax, baseline_accuracy)
     ax.set(title="Per-layer pruning sensitivity", xlabel="sparsity of the layer (%)", ylabel="accuracy (%)")
     ax.legend(fontsize=8, loc="lower left", ncol=2 if len(curves) > 8 else 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -109,7 +109,7 @@ def write_plots(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> l
 
 def plot_tt_ranks(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], baseline: float | None) -> Path:
     """Accuracy and TT parameters vs TT rank (Novikov et al. 2015, Fig. 1 / Table 1)."""
-    fig, ax = _figure()
+    fig, ax = figure()
     ranks = [r["rank"] for r in rows]
     ax.plot(ranks, [100 * r["accuracy"] for r in rows], "o-", label="accuracy")
     _baseline(ax, baseline)
@@ -121,10 +121,11 @@ def plot_tt_ranks(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     right.set_ylabel("TT parameters (replaced layers)")
     right.set_yscale("log")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _figure(width: float = 6.4, height: float = 4.2):
+def figure(width: float = 6.4, height: float = 4.2):
+    """A matplotlib figure and its axes, drawn off screen (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -133,7 +134,8 @@ def _figure(width: float = 6.4, height: float = 4.2):
     return fig, fig.add_subplot()
 
 
-def _save(fig, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders made), with a light grid."""
     fig.axes[0].grid(True, alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -330,13 +330,10 @@ def _apply(ctx: Any, spec: AMCSpec, finetune: TrainConfig) -> Step:
 
 
 def _plot(doc: dict[str, Any], path: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import figure, save_figure
 
     base = doc["baseline_macs"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure(6, 4)
     ax.plot([p["macs"] / base for p in doc["path"]], [p["predicted_loss"] for p in doc["path"]], ".-", color="0.6",
             label="greedy path (groups alone, no retraining)")
     for key, color in (("chosen", "C0"), ("uniform", "C1")):
@@ -350,10 +347,7 @@ def _plot(doc: dict[str, Any], path: Any) -> None:
     ax.set_ylabel("held-out training loss")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 TECHNIQUE = Technique("amc", AMCSpec, _apply)

@@ -222,12 +222,9 @@ def _choice_doc(choice: Choice, fixed: float, base_loss: float) -> dict[str, Any
             "predicted_cost": fixed + choice.cost, "predicted_loss": base_loss + choice.damage}
 
 def _plot(doc: dict[str, Any], path: Any) -> None:
-    import matplotlib
+    from ..plots import figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure(6, 4)
     ax.plot([p["cost"] for p in doc["front"]], [p["predicted_loss"] for p in doc["front"]], "-", color="0.6",
             label="predicted front (layers alone, no retraining)")
     for key, color in (("chosen", "C0"), ("uniform", "C1")):
@@ -246,9 +243,6 @@ def _plot(doc: dict[str, Any], path: Any) -> None:
     ax.set_ylabel("held-out training loss")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 TECHNIQUE = Technique("policy", PolicySpec, _apply)
