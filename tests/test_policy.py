@@ -108,6 +108,46 @@ def test_profile_bytes_are_the_bytes_save_writes(tmp_path):
     assert by[("1", 0.8, 2)] < by[("1", 0.0, 2)] < by[("1", 0.0, None)]
 
 
+def test_rank_settings_factorize_first_and_price_both_factors(tmp_path):
+    from torchshrink.factorize.svd import LowRankLinear
+
+    model, held = tiny()
+    table = profile(model, held, ["1", "3"], grid([0.0, 0.5], [2, None], [0.25, None]), (1, 4, 4),
+                    include_bias=True, progress=False)
+    assert len(table) == 2 * 2 * 2 * 2
+    for e in (e for e in table if e.rank is not None):
+        trial = applied(model, {e.layer: e.setting}, include_bias=True)
+        layer = trial.get_submodule(e.layer)
+        assert isinstance(layer, LowRankLinear) and layer.rank == max(1, round(0.25 * min(model[int(e.layer)].weight.shape)))
+        info = save(trial, tmp_path / "t.tsk")
+        assert e.bytes == sum(info.tensor_bytes[f"{e.layer}.{p}"] for p in ("first.weight", "second.weight", "second.bias"))
+    by = {(e.layer, e.sparsity, e.bits, e.rank): e.bytes for e in table}
+    assert by[("1", 0.0, None, 0.25)] < by[("1", 0.0, None, None)]  # 24x16 at rank 4: 160 weights, not 384
+
+
+def test_a_rank_grid_skips_convolutions():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    _, held = tiny()
+    data = torch.utils.data.TensorDataset(held.tensors[0], held.tensors[1] % 3)
+    table = profile(model, data, ["0", "2"], grid([0.0], [None], [0.5, None]), (1, 4, 4), progress=False)
+    assert [(e.layer, e.rank) for e in table] == [("0", None), ("2", 0.5), ("2", None)]
+
+
+@pytest.mark.slow
+def test_policy_stage_with_ranks_factorizes_the_chosen_layers(tmp_path):
+    from torchshrink.format import read_tsk
+
+    stage = {**TINY["stages"][0], "ranks": [0.25], "budget_bytes": 2000, "compare_uniform": False}
+    res = run_recipe(parse_recipe({**TINY, "stages": [stage]}), tmp_path, progress=False,
+                     console=Console(file=io.StringIO()))
+    p, size = res.report["policy"], res.report["size"]
+    assert size["file_bytes"] <= 2000 and size["roundtrip_exact"]
+    assert {s["rank"] for s in p["chosen"]["settings"].values()} == {0.25}
+    surgery = read_tsk(tmp_path / "model.tsk").surgery
+    assert sorted(op["layer"] for op in surgery if op["op"] == "low_rank") == sorted(p["chosen"]["settings"])
+
+
 def profile_base_loss(model, held):
     from torchshrink.train import evaluate
 

@@ -32,10 +32,12 @@ from torch.utils.data import Dataset, Subset
 
 from ..core.params import FRACTION, check
 from ..core.select import tensor_key
+from ..errors import RecipeError
+from ..factorize.svd import resolve_rank
 from ..format import encoded_bytes
 from ..measure import energy_estimate, layer_stats
 from ..train import distributed_env, evaluate, init_distributed
-from .settings import Setting, applied
+from .settings import Setting, applicable, applied, parts
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,10 +59,11 @@ class Entry:
     accuracy: float
     energy_uj: float
     latency_ms: float | None = None
+    rank: float | None = None
 
     @property
     def setting(self) -> Setting:
-        return Setting(self.sparsity, self.bits)
+        return Setting(self.sparsity, self.bits, self.rank)
 
 
 def holdout(train: Dataset, fraction: float, seed: int = 0) -> Subset:
@@ -73,11 +76,12 @@ def holdout(train: Dataset, fraction: float, seed: int = 0) -> Subset:
 
 
 def layer_tensors(model: nn.Module, name: str) -> list[str]:
-    """The state-dict keys a layer's setting changes: its weight and (if any) bias."""
-    layer = dict(model.named_modules())[name]
-    keys = [tensor_key(name, "weight")]
-    if getattr(layer, "bias", None) is not None:
-        keys.append(tensor_key(name, "bias"))
+    """The state-dict keys a layer's setting changes: its weight and (if any) bias (of both factors, once factorized)."""
+    keys = []
+    for part in parts(model, name):
+        keys.append(tensor_key(part, "weight"))
+        if getattr(model.get_submodule(part), "bias", None) is not None:
+            keys.append(tensor_key(part, "bias"))
     return keys
 
 
@@ -95,7 +99,9 @@ def profile(
     """Measure every (layer, setting) of ``names`` x ``settings``; see the module doc."""
     base = evaluate(model, held)["loss"]
     macs = {s.name: s.macs_dense for s in layer_stats(model, input_shape)}
-    items = [(n, s) for n in names for s in settings]
+    items = [(n, s) for n in names for s in settings if applicable(model.get_submodule(n), s)]
+    if latency and any(s.rank is not None for _, s in items):
+        raise RecipeError("policy: a rank grid cannot be priced by latency yet; use a bytes or energy budget")
     timer = None
     if latency:
         from .latency import LayerTimer
@@ -107,12 +113,17 @@ def profile(
         trial = applied(model, {name: setting}, include_bias=include_bias)
         ev = evaluate(trial, held)
         nbytes = sum(encoded_bytes(trial, layer_tensors(trial, name)).values())
-        nz_macs = int(round(macs.get(name, 0) * (1.0 - setting.sparsity)))
+        dense_macs = sum(macs.get(p, 0) for p in parts(model, name))
+        if setting.rank is not None:  # in -> r -> out: r (m + n) MACs per position instead of m n
+            w = model.get_submodule(name).weight
+            r = resolve_rank(setting.rank, *w.shape)
+            dense_macs *= r * (w.shape[0] + w.shape[1]) / w.numel()
+        nz_macs = int(round(dense_macs * (1.0 - setting.sparsity)))
         return Entry(
             layer=name, sparsity=setting.sparsity, bits=setting.bits, bytes=nbytes,
             damage=round(ev["loss"] - base, DIGITS), loss=round(ev["loss"], DIGITS),
             accuracy=ev["accuracy"], energy_uj=round(energy_estimate(nz_macs, nbytes)["total_uj"], DIGITS),
-            latency_ms=None if timer is None else timer.time(trial, name),
+            latency_ms=None if timer is None else timer.time(trial, name), rank=setting.rank,
         )
 
     return measured(items, one, description="policy: measuring layers x settings", progress=progress)

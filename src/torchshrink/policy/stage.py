@@ -22,7 +22,7 @@ chosen and uniform points, predicted and measured.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,7 +36,7 @@ from ..quantize.kmeans import kmeans
 from ..train import TrainConfig, evaluate
 from .profile import Entry, holdout, layer_tensors, profile, table_dicts
 from .search import Choice, Option, knapsack, uniform
-from .settings import Setting, applied, grid
+from .settings import Setting, applied, factorized, grid, parts
 
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98]
 BITS_GRID = [2, 3, 4, 5, 6, 8]
@@ -44,7 +44,7 @@ METRICS = {"budget_bytes": ("bytes", "bytes"), "budget_latency_ms": ("latency_ms
            "budget_energy_uj": ("energy_uj", "uJ")}
 
 class PolicySpec(LayerStage):
-    """Per-layer (sparsity, bits) chosen by an exact knapsack search to meet a budget."""
+    """Per-layer (sparsity, bits[, rank]) chosen by an exact knapsack search to meet a budget."""
 
     technique: Literal["policy"]
     budget_bytes: int | None = Field(None, gt=0, description="file bytes the model.tsk may take")
@@ -52,6 +52,9 @@ class PolicySpec(LayerStage):
     budget_energy_uj: float | None = Field(None, gt=0, description="estimated energy of the searched layers")
     sparsities: list[FRACTION.type] = Field(default_factory=lambda: list(SPARSITIES), min_length=1)  # type: ignore[valid-type]
     bits: list[BITS.type | None] = Field(default_factory=lambda: list(BITS_GRID), min_length=1)  # type: ignore[valid-type]
+    ranks: list[Annotated[float, Field(gt=0, lt=1)] | None] = Field(
+        default_factory=lambda: [None], min_length=1,
+        description="SVD rank grid for linear layers, fractions of the full rank (null: not factorized)")
     include_bias: bool = Field(True, description="share biases too, at the layer's bits")
     holdout: FRACTION.type = Field(0.1, description="fraction of the training split the damage is measured on")  # type: ignore[valid-type]
     iterations: int = POSITIVE_INT.field(6, description="prune -> retrain rounds")
@@ -83,7 +86,7 @@ def prune_phase(ctx: Any, sparsity: dict[str, float], spec: PolicySpec, tag: str
     """Iterative magnitude pruning with retraining to the per-layer ``sparsity`` (Han et al. 2015)."""
     from ..stages import finetune_config
 
-    sparsity = {n: s for n, s in sparsity.items() if s > 0}
+    sparsity = {p: s for n, s in sparsity.items() if s > 0 for p in parts(ctx.model, n)}
     if not sparsity:
         return
     cfg = finetune_config(spec.prune_finetune, ctx.baseline_config)
@@ -95,7 +98,7 @@ def prune_phase(ctx: Any, sparsity: dict[str, float], spec: PolicySpec, tag: str
 
 def share_phase(ctx: Any, bits: dict[str, int | None], spec: PolicySpec, finetune: TrainConfig, tag: str) -> None:
     """k-means weight sharing at the per-layer ``bits``, then centroid fine-tuning (Han et al. 2016 §3)."""
-    bits = {n: b for n, b in bits.items() if b is not None}
+    bits = {p: b for n, b in bits.items() if b is not None for p in parts(ctx.model, n)}
     if bits:
         kmeans(ctx.model, bits, layers=list(bits), include_bias=spec.include_bias)
         if finetune.epochs > 0:
@@ -155,6 +158,7 @@ def _run_policy(ctx: Any, held: Any, names: list[str], options: dict[str, list[O
         fixed = 0
         chosen, front = (uniform(options, budget), []) if same else knapsack(options, budget, spec.resolution)
     doc: dict[str, Any] = {"search": _choice_doc(chosen, fixed, base_loss), "front": front, "fixed": fixed}
+    ctx.model = factorized(ctx.model, {n: o.key for n, o in chosen.picks.items()})  # SVD first (surgery)
     prune_phase(ctx, {n: o.key.sparsity for n, o in chosen.picks.items()}, spec, tag)
     bits = {n: o.key.bits for n, o in chosen.picks.items()}
     if metric == "bytes" and any(b is not None for b in bits.values()):
@@ -173,14 +177,15 @@ def _run_policy(ctx: Any, held: Any, names: list[str], options: dict[str, list[O
         bits = {n: o.key.bits for n, o in rebits.picks.items()}
         doc["rebits"] = {"bits": bits, "predicted_cost": fixed2 + rebits.cost}
     share_phase(ctx, bits, spec, finetune, tag)
-    doc["settings"] = {n: {"sparsity": o.key.sparsity, "bits": bits[n]} for n, o in chosen.picks.items()}
+    doc["settings"] = {n: {"sparsity": o.key.sparsity, "bits": bits[n], "rank": o.key.rank}
+                       for n, o in chosen.picks.items()}
     return doc
 
 def _apply(ctx: Any, spec: PolicySpec, finetune: TrainConfig) -> Step:
     metric, budget, unit = spec.budget
     names = [n for n, _ in select_layers(ctx.model, spec.layers, spec.exclude)]
     held = holdout(ctx.data.train, spec.holdout, ctx.seed)
-    table = profile(ctx.model, held, names, grid(spec.sparsities, spec.bits), ctx.data.input_shape,
+    table = profile(ctx.model, held, names, grid(spec.sparsities, spec.bits, spec.ranks), ctx.data.input_shape,
                     include_bias=spec.include_bias, latency=metric == "latency_ms", progress=ctx.progress)
     options = options_of(table, metric)
     base_loss = evaluate(ctx.model, held)["loss"]
@@ -201,7 +206,8 @@ def _apply(ctx: Any, spec: PolicySpec, finetune: TrainConfig) -> Step:
     doc["front"] = [{"cost": chosen["fixed"] + c, "predicted_loss": base_loss + d} for c, d in chosen.pop("front")]
     doc["chosen"] = {**chosen, "measured": _measure(ctx, held, ctx.out / "policy" / "chosen.tsk")}
     ctx.console.print(f"{ctx.tag}: policy for {budget:g} {unit}: " + ", ".join(
-        f"{n} s{s['sparsity']:g}/b{s['bits']}" for n, s in doc["chosen"]["settings"].items()))
+        f"{n} s{s['sparsity']:g}/b{s['bits']}" + (f"/r{s['rank']:g}" if s["rank"] is not None else "")
+        for n, s in doc["chosen"]["settings"].items()))
     ctx.extra["policy"] = doc
     _plot(doc, ctx.out / "policy.png")
     return Step(finetune=False)
