@@ -109,8 +109,10 @@ def test_amc_recipe_meets_the_budget_saves_a_slim_file_and_compares_uniform(tmp_
     r = load_recipe("amc_vgg16_cifar10", [
         "data.name=digits", "data.limit=200", "baseline.train.epochs=1",
         "stages.0.finetune.epochs=1", "stages.0.fractions=[0, 0.25, 0.5]", "measure.latency=false"])
-    rep = run_recipe(r, tmp_path / "run", progress=False, console=Console(file=io.StringIO())).report
+    out = io.StringIO()
+    rep = run_recipe(r, tmp_path / "run", progress=False, console=Console(file=out, width=200)).report
     a = rep["amc"]
+    assert "amc: channel fractions" in out.getvalue() and "test accuracy" in out.getvalue()  # its own table
     assert a["chosen"]["measured"]["macs"] == pytest.approx(a["chosen"]["predicted_macs"])
     assert a["chosen"]["measured"]["macs"] <= a["budget"] and a["uniform"]["measured"]["macs"] <= a["budget"]
     assert rep["result"]["macs"] == a["chosen"]["measured"]["macs"]

@@ -200,8 +200,10 @@ TINY = {
 
 @pytest.mark.slow
 def test_policy_stage_meets_the_budget_and_reports_prediction_and_uniform(tmp_path):
-    res = run_recipe(parse_recipe(TINY), tmp_path, progress=False, console=Console(file=io.StringIO()))
+    out = io.StringIO()
+    res = run_recipe(parse_recipe(TINY), tmp_path, progress=False, console=Console(file=out, width=200))
     p, size = res.report["policy"], res.report["size"]
+    assert "policy: per-layer settings" in out.getvalue() and "file bytes measured" in out.getvalue()
     assert size["file_bytes"] <= 2500
     assert p["chosen"]["measured"]["file_bytes"] == size["file_bytes"]
     assert p["chosen"]["rebits"]["predicted_cost"] == pytest.approx(size["file_bytes"], abs=64)

@@ -33,7 +33,15 @@ from rich.table import Table
 
 from .errors import TorchshrinkError
 from .files import atomic_write
-from .plots import _get, _kept, plot_accuracy_vs_kept, plot_schedule, plot_sensitivity, plot_sparsity, write_plots
+from .plots import (
+    _get,
+    _kept,
+    plot_accuracy_vs_kept,
+    plot_schedule,
+    plot_sensitivity,
+    plot_sparsity,
+    write_plots,
+)
 
 __all__ = ["plot_accuracy_vs_kept", "plot_schedule", "plot_sensitivity", "plot_sparsity", "print_report",
            "read_json", "write_json", "write_plots"]
@@ -109,6 +117,12 @@ def print_report(report: Mapping[str, Any], console: Console | None = None) -> N
     comparison = report.get("comparison")
     if isinstance(comparison, list) and comparison:  # compare rows (small_dense writes a dict here)
         console.print(_comparison_table(comparison))
+    from .techniques import TECHNIQUES
+
+    for technique in TECHNIQUES.values():
+        own = None if technique.summary is None else technique.summary(report)
+        if own is not None:
+            console.print(own)
 
 
 def _comparison_table(rows: Sequence[Mapping[str, Any]]) -> Table:

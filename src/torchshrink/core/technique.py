@@ -10,7 +10,7 @@ generic runner (:mod:`torchshrink.stages`) then applies the plan and fine-tunes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -63,6 +63,9 @@ class Technique:
             neither evaluates nor records the model after them.
         stage_list: the Spec field that holds a list of nested stages, if any; the recipe
             builder gives it the union of every technique's Spec that has none.
+        summary: ``summary(report) -> renderable | None``: the technique's own table for
+            ``print_report`` (from what its stage wrote into ``report.json``), shown after
+            the common tables; ``None`` where the report has nothing of it.
     """
 
     name: str
@@ -70,6 +73,7 @@ class Technique:
     apply: Callable[[Any, Any, TrainConfig], Step]
     changes_model: bool = True
     stage_list: str | None = None
+    summary: Callable[[Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         tag = get_args(self.spec.model_fields["technique"].annotation)

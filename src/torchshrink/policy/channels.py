@@ -31,7 +31,7 @@ the chosen and uniform points.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -350,4 +350,31 @@ def _plot(doc: dict[str, Any], path: Any) -> None:
     save_figure(fig, path)
 
 
-TECHNIQUE = Technique("amc", AMCSpec, _apply)
+def summary(report: Mapping[str, Any]) -> Any:
+    """The chosen fractions vs the uniform one: predicted and measured MACs, latency, accuracy."""
+    doc = report.get("amc")
+    if not isinstance(doc, Mapping) or "chosen" not in doc:
+        return None
+    from rich.table import Table
+
+    runs = [k for k in ("chosen", "uniform") if k in doc]
+    base = doc["baseline_macs"]
+    t = Table(title=f"amc: channel fractions for {doc['budget']:,.6g} {doc['metric']} "
+                    f"(baseline {base:,.0f} MACs, {doc['baseline_latency_ms_b1']:.3f} ms at batch 1)")
+    t.add_column("")
+    for k in runs:
+        t.add_column(k, justify="right")
+    for owner in doc["chosen"]["fractions"]:
+        t.add_row(f"{owner} removed", *(f"{doc[k]['fractions'][owner]:.1%}" for k in runs))
+    rows = (("MACs predicted", lambda d: f"{d['predicted_macs'] / base:.1%}"),
+            ("MACs measured", lambda d: f"{d['measured']['macs'] / base:.1%}"),
+            ("latency batch 1", lambda d: f"{d['measured']['latency_ms_b1']:.3f} ms"),
+            ("latency batch 64", lambda d: f"{d['measured']['latency_ms_b64']:.3f} ms"),
+            ("held-out loss", lambda d: f"{d['measured']['heldout_loss']:.4f}"),
+            ("test accuracy", lambda d: f"{d['measured']['accuracy']:.2%}"))
+    for label, cell in rows:
+        t.add_row(label, *(cell(doc[k]) for k in runs))
+    return t
+
+
+TECHNIQUE = Technique("amc", AMCSpec, _apply, summary=summary)

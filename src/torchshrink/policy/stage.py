@@ -21,6 +21,7 @@ chosen and uniform points, predicted and measured.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -251,4 +252,31 @@ def _plot(doc: dict[str, Any], path: Any) -> None:
     ax.legend(fontsize=7)
     save_figure(fig, path)
 
-TECHNIQUE = Technique("policy", PolicySpec, _apply)
+def summary(report: Mapping[str, Any]) -> Any:
+    """The chosen settings vs the best uniform ones: predicted and measured cost, held-out loss, accuracy."""
+    doc = report.get("policy")
+    if not isinstance(doc, Mapping) or "chosen" not in doc:
+        return None
+    from rich.table import Table
+
+    runs = [k for k in ("chosen", "uniform") if isinstance(doc.get(k), Mapping) and "settings" in doc[k]]
+    t = Table(title=f"policy: per-layer settings for {doc['budget']:,.6g} {doc['unit']}")
+    t.add_column("")
+    for k in runs:
+        t.add_column(k, justify="right")
+
+    def label(s: Mapping[str, Any]) -> str:
+        return (f"{s['sparsity']:.0%} pruned, " + ("fp32" if s["bits"] is None else f"{s['bits']} bits")
+                + ("" if s.get("rank") is None else f", rank {s['rank']:g}"))
+
+    for layer in doc["chosen"]["settings"]:
+        t.add_row(layer, *(label(doc[k]["settings"][layer]) for k in runs))
+    t.add_row(f"predicted {doc['metric']}", *(f"{doc[k]['search']['predicted_cost']:,.0f}" for k in runs))
+    if doc["metric"] == "bytes":
+        t.add_row("file bytes measured", *(f"{doc[k]['measured']['file_bytes']:,}" for k in runs))
+    t.add_row("held-out loss", *(f"{doc[k]['measured']['heldout_loss']:.4f}" for k in runs))
+    t.add_row("test accuracy", *(f"{doc[k]['measured']['accuracy']:.2%}" for k in runs))
+    return t
+
+
+TECHNIQUE = Technique("policy", PolicySpec, _apply, summary=summary)
