@@ -133,3 +133,28 @@ def test_latency_budget_is_measured_on_the_pruned_models(tmp_path) -> None:
     a = rep["amc"]
     assert a["metric"] == "latency_ms" and len(a["path"]) == 1 and a["path"][0]["latency_ms"] > 0
     assert a["chosen"]["predicted_latency_ms"] <= 1000  # a generous budget: met with nothing pruned
+
+
+def test_auto_turns_a_filter_recipe_into_one_amc_stage() -> None:
+    from torchshrink.policy.auto import auto_recipe
+
+    li = load_recipe("li2017_vgg16_cifar10")
+    r = auto_recipe(li, {"budget_macs": 0.4})
+    (stage,) = r.stages
+    assert stage.technique == "amc" and stage.budget_macs == 0.4 and stage.layers == ["features.*"]
+    assert stage.finetune == li.stages[0].finetune and stage.norm == "l1"
+    assert auto_recipe(li, {"budget_latency_ms": 3.0}).stages[0].technique == "amc"
+    assert auto_recipe(load_recipe("deep_compression_lenet300"), {"budget_latency_ms": 3.0}).stages[0].technique == "policy"
+    again = auto_recipe(load_recipe("amc_vgg16_cifar10"), {"budget_latency_ms": 2.0}).stages[0]
+    assert again.budget_macs is None and again.budget_latency_ms == 2.0
+    with pytest.raises(RecipeError, match="give exactly one budget"):
+        auto_recipe(li, {"budget_macs": 0.4, "budget_bytes": 1000})
+
+
+def test_auto_cli_refuses_a_mac_fraction_above_one(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "torchshrink.cli", "auto", "li2017_vgg16_cifar10", "--budget-macs", "1.5",
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert res.returncode == 2 and "budget-macs" in res.stderr and "Traceback" not in res.stderr

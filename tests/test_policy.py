@@ -242,4 +242,4 @@ def test_auto_cli_without_a_budget_is_one_line_error(tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: give exactly one budget: --budget-bytes, "
-                                                "--budget-latency-ms, --budget-energy-uj"]
+                                                "--budget-latency-ms, --budget-energy-uj, --budget-macs"]

@@ -81,21 +81,33 @@ def auto(
     budget_bytes: Annotated[Optional[int], typer.Option(min=1, help="model.tsk bytes, header included")] = None,
     budget_latency_ms: Annotated[Optional[float], typer.Option(min=0, help="batch-1 latency of the searched layers")] = None,
     budget_energy_uj: Annotated[Optional[float], typer.Option(min=0, help="estimated energy of the searched layers")] = None,
+    budget_macs: Annotated[Optional[float], typer.Option(min=0, max=1, help="fraction of the baseline MACs kept (channel pruning, amc)")] = None,
     out: OutOpt = None,
     seed: SeedOpt = None,
     progress: ProgressOpt = True,
     set_: SetOpt = None,
 ) -> None:
-    """Choose each layer's sparsity and bits by search to meet a budget, then compress and verify (HAQ/AMC style)."""
+    """Choose each layer's compression by search to meet a budget, then compress and verify (HAQ/AMC style).
+
+    Bytes and energy budgets search per-layer sparsity and k-means bits (technique policy);
+    a MAC budget, or a latency budget on a structured (filter-pruning) recipe, searches
+    per-layer channel fractions (technique amc).
+    """
     from .pipeline import run_recipe
     from .policy.auto import auto_recipe
     from .recipe import load_recipe
 
     r = auto_recipe(load_recipe(recipe, set_), {"budget_bytes": budget_bytes, "budget_latency_ms": budget_latency_ms,
-                                                "budget_energy_uj": budget_energy_uj})
+                                                "budget_energy_uj": budget_energy_uj, "budget_macs": budget_macs})
     out = out or Path("runs") / r.name
     check_out_folder(out)
     res = run_recipe(r, out, seed=seed, progress=progress, console=console)
+    if "amc" in res.report:
+        m = res.report["amc"]["chosen"]["measured"]
+        console.print(f"channel policy: {m['macs']:,} MACs ({m['macs'] / res.report['amc']['baseline_macs']:.1%} of the "
+                      f"baseline), {m['latency_ms_b1']:.3f} ms at batch 1, accuracy {m['accuracy']:.4f}")
+        console.print(f"wrote {res.out / 'report.json'}, {res.out / 'model.tsk'} and {res.out / 'amc.png'}")
+        return
     p = res.report["policy"]
     m = p["chosen"]["measured"]
     console.print(f"policy for {p['budget']:g} {p['unit']}: file {m['file_bytes']:,} bytes, accuracy {m['accuracy']:.4f}")
