@@ -133,7 +133,18 @@ def test_zeroed_residual_block_is_removed_with_its_shortcut_kept() -> None:
         for name in ("layer1.1", "layer2.0"):
             for p in model.get_submodule(name).parameters():
                 p.mul_(1e-7)
-    summary = reg.zero_below(1e-3)
+    with torch.no_grad():
+        scale = 0.2 / float(torch.cat([q.reshape(-1) for q in model.layer3[1].parameters()]).norm())
+        for p in model.layer3[1].parameters():
+            p.mul_(scale)  # the block's norm is now 0.2
+    reg.blocks.append("layer3.1")
+    kept = copy.deepcopy(model)
+    wide = reg.zero_below(1e-3, epsilon_depth=0.3)  # a block on its way to zero goes too
+    assert wide["blocks_removed"] == ["layer1.1", "layer2.0", "layer3.1"]
+    assert wide["block_norms"]["layer3.1"] == pytest.approx(0.2, abs=1e-4)
+    assert all(p.eq(0).all() for p in model.layer3[1].parameters())
+    model = kept  # epsilon alone (0.2 > epsilon): only the blocks that were already zero, removed exactly
+    summary = GroupLasso(model, graph, [], lambda_channel=0.0, blocks=list(reg.blocks)).zero_below(1e-3)
     assert summary["blocks_removed"] == ["layer1.1", "layer2.0"]
     slim = apply_plan(model, [RemoveBlock(block=b, shortcut="shortcut") for b in summary["blocks_removed"]]).eval()
     assert isinstance(slim.layer1[1], nn.Identity) and type(slim.layer2[0]).__name__ == "PadShortcut"

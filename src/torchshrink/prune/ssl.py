@@ -215,11 +215,13 @@ class GroupLasso(Callback):
                 m.weight.mul_((1.0 - step * ls / norm).clamp_min(0.0))
 
     @torch.no_grad()
-    def zero_below(self, epsilon: float) -> dict[str, Any]:
-        """Zero every group whose norm is ``<= epsilon``; return the counts and the removable parts."""
+    def zero_below(self, epsilon: float, epsilon_depth: float | None = None) -> dict[str, Any]:
+        """Zero every group whose norm is ``<= epsilon`` (depth groups: ``<= epsilon_depth``, by
+        default ``epsilon``); return the counts and the removable parts."""
         check(epsilon, "epsilon", "ssl", EPSILON)
+        eps_depth = epsilon if epsilon_depth is None else check(epsilon_depth, "epsilon_depth", "ssl", EPSILON)
         depth = dict(zip(self.blocks, self.depth_norms().tolist()))
-        gone_blocks = [b for b, n in depth.items() if n <= epsilon]
+        gone_blocks = [b for b, n in depth.items() if n <= eps_depth]
         for b in gone_blocks:
             for q in _depth_params(self.model, b, self.shortcut):
                 q.zero_()
@@ -275,6 +277,7 @@ class SSLSpec(LayerStage):
     depth_blocks: list[str] = Field(default_factory=list, description="residual block name patterns, e.g. layer*.*")
     shortcut: str = Field("shortcut", description="the child of a block that is kept when the block is removed")
     epsilon: float = EPSILON.field(1e-3, description="groups with ||W_g||₂ <= epsilon are zeroed and removed")
+    epsilon_depth: float | None = Field(None, ge=0, description="epsilon of the depth groups; default: epsilon")
     proximal: bool = Field(True, description="apply the group lasso as its proximal step after each optimizer "
                                              "step (groups reach exactly zero) instead of adding it to the loss")
 
@@ -290,7 +293,7 @@ def _apply(ctx: Any, spec: SSLSpec, finetune: TrainConfig) -> Step:
     cfg = spec.train if spec.train is not None else ctx.baseline_config
     ctx.history.append({"stage": f"{ctx.tag}-regularized", "technique": "ssl",
                         "epochs": ctx.fit(model, cfg, [reg], f"{ctx.tag}-regularized")})
-    summary = reg.zero_below(spec.epsilon)
+    summary = reg.zero_below(spec.epsilon, spec.epsilon_depth)
     plan: list[Any] = [RemoveBlock(block=b, shortcut=spec.shortcut) for b in summary["blocks_removed"]]
     slim = apply_plan(model, plan) if plan else model
     g2 = trace(slim, example_input(slim, shape))
