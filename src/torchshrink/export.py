@@ -124,12 +124,11 @@ def _unexportable_pools(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, Po
 def _replaced(model: nn.Module, modules: dict[str, nn.Module]) -> nn.Module:
     if not modules:
         return model
+    if "" in modules:  # the model is itself the pool
+        return modules[""]
     model = copy.deepcopy(model)
     for name, module in modules.items():
-        parent, _, child = name.rpartition(".")
-        if not child:
-            return module
-        setattr(model.get_submodule(parent) if parent else model, child, module)
+        model.set_submodule(name, module)
     return model
 
 
