@@ -18,9 +18,7 @@ torchvision is a dev dependency (``pip install -e .[dev]``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from torchshrink.format import load, read_tsk, save
 from torchshrink.measure import model_summary
 from torchshrink.prune.filters import checked_apply, filter_prune_plan
 from torchshrink.surgery.plan import replay_plan
+from torchshrink.surgery.torchvision_models import torchvision_models as shim_torchvision_models
 
 MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small",
           "efficientnet_b0", "densenet121", "shufflenet_v2_x1_0", "regnet_y_400mf", "squeezenet1_0", "vgg11_bn",
@@ -43,20 +42,9 @@ MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilen
 
 
 def torchvision_models():
-    """torchvision.models, importable where the wheel's C++ ops do not load (a CUDA wheel beside CPU torch):
-    the two ops its meta registrations look up are declared first. Classification models use neither."""
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None:
+    models = shim_torchvision_models()
+    if models is None:
         sys.exit("benchmarks/structured.py needs torchvision (the dev extra)")
-    try:
-        torch.ops.load_library(os.path.join(os.path.dirname(spec.origin), "_C.so"))
-    except (OSError, RuntimeError):
-        lib = torch.library.Library("torchvision", "FRAGMENT")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        torchvision_models.lib = lib
-    import torchvision.models as models
-
     return models
 
 

@@ -20,6 +20,7 @@ from torchshrink.models import build_model
 from torchshrink.surgery.graph import trace
 from torchshrink.surgery.plan import apply_plan, replay_plan
 from torchshrink.surgery.prune_channels import prune_channels_op
+from torchshrink.surgery.torchvision_models import torchvision_models as shim_torchvision_models
 
 ATOL = 1e-5
 
@@ -164,24 +165,9 @@ def test_torchvision_mobilenet_v3_prunes_exactly() -> None:
 
 
 def torchvision_models():
-    """torchvision.models, importable where the wheel's C++ ops do not load (a CUDA build beside CPU torch):
-    the two ops its meta registrations look up are declared first. Classification models use neither."""
-    import importlib.util
-    import os
-
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None:
+    models = shim_torchvision_models()
+    if models is None:
         pytest.skip("torchvision is not installed (dev extra)")
-    try:
-        torch.ops.load_library(os.path.join(os.path.dirname(spec.origin), "_C.so"))
-    except (OSError, RuntimeError):
-        if not hasattr(torchvision_models, "lib"):
-            lib = torch.library.Library("torchvision", "FRAGMENT")
-            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            torchvision_models.lib = lib
-    import torchvision.models as models
-
     return models
 
 

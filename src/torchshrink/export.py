@@ -10,13 +10,26 @@ exporter (``torch.onnx.export(..., dynamo=False)``): the default dynamo exporter
 ``onnx.checker`` and run in onnxruntime (CPU) on a fixed random batch; outputs must match
 PyTorch's within ``atol + rtol·|y|``, or a :class:`~torchshrink.errors.TorchshrinkError`
 names the largest difference and the file is removed.
+
+Two details of the TorchScript exporter are handled here. It has no ONNX form for an
+``AdaptiveAvgPool2d`` whose output size does not divide its input size (torchvision's VGG
+pools to 7×7, also from 2×2 at a small input); as the exported graph has a fixed spatial
+size, each such pool is exported as the linear map it is at that size,
+``y = P_h · x · P_wᵀ`` with ``P[i, j] = 1/|bin_i|`` for ``j`` in bin ``i`` (bins
+``[⌊i·n/m⌋, ⌈(i+1)·n/m⌉)``, PyTorch's adaptive pooling), and onnxruntime checks the
+result like everything else. When it fails it prints its whole graph to the C-level
+stdout, which would corrupt a caller's JSON output: stdout is sent to ``/dev/null``
+while it runs (its exception carries the reason).
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +72,81 @@ def _model_and_shape(source: Any, input_shape: Sequence[int] | None) -> tuple[nn
     return model.float().cpu().eval(), shape
 
 
+class PoolMatrix(nn.Module):
+    """An ``AdaptiveAvgPool2d`` at one fixed input size, as two matrix products (exportable to ONNX)."""
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("ph", pool_matrix(in_hw[0], out_hw[0]))
+        self.register_buffer("pwt", pool_matrix(in_hw[1], out_hw[1]).t().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.ph, x), self.pwt)
+
+
+def pool_matrix(n: int, m: int) -> torch.Tensor:
+    """The ``m × n`` matrix of 1-D adaptive average pooling from ``n`` to ``m`` entries."""
+    p = torch.zeros(m, n)
+    for i in range(m):
+        lo, hi = (i * n) // m, -((-(i + 1) * n) // m)
+        p[i, lo:hi] = 1.0 / (hi - lo)
+    return p
+
+
+def _unexportable_pools(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, PoolMatrix], torch.Tensor]:
+    """Run ``model`` on ``x``; return its output and a :class:`PoolMatrix` for each adaptive pool
+    the exporter refuses (an output size that does not divide the input size)."""
+    seen: dict[str, tuple[int, int]] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            seen.setdefault(name, tuple(args[0].shape[-2:]))
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+             if isinstance(m, nn.AdaptiveAvgPool2d)]
+    try:
+        with torch.no_grad():
+            ref = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out: dict[str, PoolMatrix] = {}
+    for name, in_hw in seen.items():
+        size = model.get_submodule(name).output_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        out_hw = tuple(n if o is None else int(o) for n, o in zip(in_hw, size))
+        if any(n % o for n, o in zip(in_hw, out_hw)):
+            out[name] = PoolMatrix(in_hw, out_hw)  # type: ignore[arg-type]
+    return out, ref
+
+
+def _replaced(model: nn.Module, modules: dict[str, nn.Module]) -> nn.Module:
+    if not modules:
+        return model
+    if "" in modules:  # the model is itself the pool
+        return modules[""]
+    model = copy.deepcopy(model)
+    for name, module in modules.items():
+        model.set_submodule(name, module)
+    return model
+
+
+@contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 (C and Python stdout) to ``/dev/null`` for the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(source: str | Path | nn.Module, out: str | Path, *, input_shape: Sequence[int] | None = None,
                 opset: int = OPSET, atol: float = ATOL, rtol: float = RTOL, batch: int = 4) -> dict[str, Any]:
     """Write ``source`` (a ``.tsk`` path or a model) to ``out`` as ONNX and check it in onnxruntime.
@@ -71,13 +159,12 @@ def export_onnx(source: str | Path | nn.Module, out: str | Path, *, input_shape:
     model, shape = _model_and_shape(source, input_shape)
     out = Path(out)
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(x)
+    pools, ref = _unexportable_pools(model, x)
     if not isinstance(ref, torch.Tensor):
         raise ModelError("ONNX export supports models with a single tensor output")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _stdout_silenced():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (x,), str(out), dynamo=False, opset_version=opset, input_names=["input"],
+        torch.onnx.export(_replaced(model, pools), (x,), str(out), dynamo=False, opset_version=opset, input_names=["input"],
                           output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     try:
         onnx.checker.check_model(str(out))

@@ -102,6 +102,8 @@ class TskFile:
     surgery: list[Any] | None
     records: dict[str, dict[str, Any]]
     _blobs: dict[str, memoryview] = field(repr=False)
+    #: module name -> its state-dict ``_version`` where that is not 1; ``None`` in files without the field
+    versions: dict[str, int] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -228,6 +230,10 @@ def read_tsk(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
     spec, surgery = arch.get("zoo_spec"), arch.get("surgery")
     if not (spec is None or isinstance(spec, dict)) or not (surgery is None or isinstance(surgery, list)):
         raise TskFormatError("The .tsk architecture must hold a zoo_spec object or null, and a surgery list or null.")
+    versions = arch.get("versions")
+    if versions is not None and not (isinstance(versions, dict) and all(
+            isinstance(k, str) and type(v) is int for k, v in versions.items())):
+        raise TskFormatError("The .tsk architecture's 'versions' must map module names to integers.")
     used: set[str] = set()
     records: dict[str, dict[str, Any]] = {}
     for rec in tensors:
@@ -238,7 +244,7 @@ def read_tsk(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
     extra = sorted(set(blobs) - used)
     if extra:
         raise TskFormatError(f"The .tsk file holds blob(s) no tensor uses: {extra[:3]}; it is corrupted.")
-    f = TskFile(Path(path), file_bytes, header_bytes, doc["format"], spec, surgery, records, blobs)
+    f = TskFile(Path(path), file_bytes, header_bytes, doc["format"], spec, surgery, records, blobs, versions)
     declared = f.decoded_bytes()
     if declared > max_bytes:
         raise TskFormatError(f"{path} declares {declared:,} bytes of tensors, more than the {max_bytes:,} allowed "

@@ -15,10 +15,18 @@ each layer stored in a packed form becomes its form's runtime module.
 Loading never executes code: the file is JSON plus raw bytes (container layout in
 :mod:`.container`, document layout below).
 
+``versions`` holds the state dict's per-module ``_metadata`` versions (``module._version``)
+that are not 1, nn.Module's default, as plain integers (omitted when there are none):
+``load`` passes them back to ``load_state_dict``, whose version-dependent loaders
+(BatchNorm, torchvision's MNASNet) need them. A file without the field (written before
+it existed, or with every version 1) loads with the target model's own versions (its
+keys and shapes are checked to match first).
+
 Document (the safetensors ``__metadata__["torchshrink"]`` JSON)::
 
     {"format": "tsk/1", "header_crc32": "<8 hex>",
-     "architecture": {"zoo_spec": {...} | null, "surgery": [...] | null},
+     "architecture": {"zoo_spec": {...} | null, "surgery": [...] | null,
+                      "versions": {"bn1": 2, ...} (optional)},
      "tensors": [{"name": "fc1.weight", "shape": [300, 784], "dtype": "float32",
                   "form": "sparse", "codec": "sparse(4b)+huffman", "params": {"index_bits": 4},
                   "streams": {"gaps": {"blob": "fc1.weight:gaps", "meta": {<codec meta>},
@@ -28,6 +36,7 @@ Document (the safetensors ``__metadata__["torchshrink"]`` JSON)::
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,13 +268,29 @@ def save(
             streams[s.role] = {"blob": blob, "meta": s.meta, "nbytes": len(s.data), "crc32": crc32_hex(s.data)}
         records.append({"name": name, "shape": list(t.shape), "dtype": _dtype_name(t, name), "form": enc.form,
                         "codec": enc.label, "params": enc.params, "streams": streams})
-    doc = {
-        "format": FORMAT_VERSION,
-        "architecture": {"zoo_spec": getattr(base, "zoo_spec", None), "surgery": surgery},
-        "tensors": records,
-    }
+    arch = {"zoo_spec": getattr(base, "zoo_spec", None), "surgery": surgery}
+    versions = module_versions(base)
+    if versions:  # omitted when all are 1: such a file is byte for byte what it was before the field
+        arch["versions"] = versions
+    doc = {"format": FORMAT_VERSION, "architecture": arch, "tensors": records}
     file_bytes = write_container(path, doc, blobs)
     return SaveInfo(Path(path), file_bytes, records, entry_bits)
+
+
+def module_versions(model: nn.Module) -> dict[str, int]:
+    """Module name -> its ``_version`` (the state dict's ``_metadata``), where it is not 1."""
+    return {name: m._version for name, m in model.named_modules(remove_duplicate=False)
+            if type(getattr(m, "_version", 1)) is int and m._version != 1}
+
+
+def _with_metadata(state: Mapping[str, torch.Tensor], f: TskFile, model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with the ``_metadata`` ``load_state_dict`` hands each module: the file's versions
+    (1 where it lists none), or the model's own for a file without the field."""
+    out = OrderedDict(state)
+    out._metadata = OrderedDict(  # type: ignore[attr-defined]
+        (name, {"version": m._version if f.versions is None else f.versions.get(name, 1)})
+        for name, m in model.named_modules(remove_duplicate=False))
+    return out
 
 
 def encoded_bytes(model: nn.Module, names: list[str] | None = None, *, huffman: bool | None = None) -> dict[str, int]:
@@ -359,7 +384,7 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
     else:
         state = None
     _check_fits(f, model)
-    model.load_state_dict(f.state_dict() if state is None else state)
+    model.load_state_dict(_with_metadata(f.state_dict() if state is None else state, f, model))
     model.eval()
     return model if dense else runtime_model(f, model, batches=tuple(batches))
 

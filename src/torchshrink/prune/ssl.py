@@ -15,6 +15,20 @@ Groups (§3.2-3.3):
 - **depth** (``lambda_depth``): every parameter of a residual block's branch, so a block
   can go whole; its parameter-free shortcut is kept (``RemoveBlock``).
 
+**Proximal step** (``proximal: true``, the default). A (sub)gradient of ``λ||W_g||₂``
+shrinks a group by ``lr·λ`` per step and then overshoots zero, so groups hover at a small
+norm and are never exactly zero. Instead the penalty is left out of the loss and, after
+each optimizer step on ``E_D``, every group takes the proximal operator of
+``lr·λ||·||₂`` (block soft thresholding; Parikh & Boyd 2014, "Proximal Algorithms",
+§6.5.4)::
+
+    W_g ← W_g · max(0, 1 − lr·λ_g / ||W_g||₂)
+
+which sets a group exactly to zero once its norm is at most ``lr·λ_g``. Overlapping
+groups (a depth group holds its block's channel and shape groups) take their operators
+one type after the other: depth, then channel, then filter shape; within a type all norms
+are taken before any group is scaled.
+
 After the regularized training, groups whose norm is under ``epsilon`` are zeroed, then
 removed by surgery (``RemoveBlock`` + ``PruneChannels``): with the groups exactly zero
 the removal does not change the outputs; the stage then fine-tunes without the penalty.
@@ -124,11 +138,12 @@ def depth_blocks(model: nn.Module, patterns: Sequence[str], shortcut: str) -> li
 
 
 class GroupLasso(Callback):
-    """Adds ``Σ λ_g ||W_g||₂`` over channel, filter-shape and depth groups to the training loss."""
+    """``Σ λ_g ||W_g||₂`` over channel, filter-shape and depth groups: added to the training loss
+    (``proximal=False``) or applied as its proximal operator after every optimizer step."""
 
     def __init__(self, model: nn.Module, graph: DependencyGraph, groups: Sequence[ChannelGroup], *,
                  lambda_channel: float, lambda_shape: float = 0.0, lambda_depth: float = 0.0,
-                 blocks: Sequence[str] = (), shortcut: str = "shortcut") -> None:
+                 blocks: Sequence[str] = (), shortcut: str = "shortcut", proximal: bool = False) -> None:
         self.model = unwrap(model)
         self.lambdas = (check(lambda_channel, "lambda_channel", "ssl", LAMBDA),
                         check(lambda_shape, "lambda_shape", "ssl", LAMBDA),
@@ -137,6 +152,7 @@ class GroupLasso(Callback):
         self.graph, self.groups = graph, list(groups)
         self.convs = [m for m in self.model.modules() if isinstance(m, CONV) and m.groups == 1]
         self.blocks, self.shortcut = list(blocks), shortcut
+        self.proximal, self.lr = proximal, 0.0
 
     def channel_norms(self) -> torch.Tensor:
         """``||W_g||₂`` of every channel group (atom), in group order."""
@@ -165,14 +181,47 @@ class GroupLasso(Callback):
             total = total + ld * self.depth_norms().sum()
         return total
 
-    def loss(self, ctx: TrainContext) -> torch.Tensor:
-        return self.penalty()
+    def loss(self, ctx: TrainContext) -> torch.Tensor | None:
+        return None if self.proximal else self.penalty()
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        if ctx.optimizer is not None:
+            self.lr = float(ctx.optimizer.param_groups[0]["lr"])  # the rate of the step about to be taken
+
+    def on_step_end(self, ctx: TrainContext) -> None:
+        if self.proximal:
+            self.prox(self.lr)
 
     @torch.no_grad()
-    def zero_below(self, epsilon: float) -> dict[str, Any]:
-        """Zero every group whose norm is ``<= epsilon``; return the counts and the removable parts."""
+    def prox(self, step: float) -> None:
+        """One proximal step of ``step·Σ λ_g ||W_g||₂``: ``W_g ← W_g · max(0, 1 − step·λ_g/||W_g||₂)``."""
+        lc, ls, ld = self.lambdas
+        if ld and self.blocks:
+            for b, norm in zip(self.blocks, self.depth_norms().tolist()):
+                factor = max(0.0, 1.0 - step * ld / max(norm, 1e-30))
+                if factor != 1.0:
+                    for q in _depth_params(self.model, b, self.shortcut):
+                        q.mul_(factor)
+        if lc and self.n_atoms:
+            factor = (1.0 - step * lc / self.channel_norms()).clamp_min(0.0)
+            for s in self.slices:
+                t = s.tensor()
+                scale = torch.ones(t.shape[s.axis], device=t.device, dtype=t.dtype)
+                scale[s.pos.to(t.device)] = factor[s.atom.to(factor.device)].to(t.dtype)
+                t.mul_(scale.reshape([-1 if d == s.axis else 1 for d in range(t.ndim)]))
+        if ls:
+            for m in self.convs:
+                norm = m.weight.pow(2).sum(0, keepdim=True).clamp_min(1e-30).sqrt()
+                m.weight.mul_((1.0 - step * ls / norm).clamp_min(0.0))
+
+    @torch.no_grad()
+    def zero_below(self, epsilon: float, epsilon_depth: float | None = None) -> dict[str, Any]:
+        """Zero every group whose norm is ``<= epsilon`` (depth groups: ``<= epsilon_depth``, by
+        default ``epsilon``); return the counts and the removable parts."""
         check(epsilon, "epsilon", "ssl", EPSILON)
-        gone_blocks = [b for b, n in zip(self.blocks, self.depth_norms().tolist()) if n <= epsilon]
+        eps_depth = epsilon if epsilon_depth is None else check(epsilon_depth, "epsilon_depth", "ssl", EPSILON)
+        depth = dict(zip(self.blocks, self.depth_norms().tolist()))
+        gone_blocks = [b for b, n in depth.items() if n <= eps_depth]
         for b in gone_blocks:
             for q in _depth_params(self.model, b, self.shortcut):
                 q.zero_()
@@ -186,9 +235,15 @@ class GroupLasso(Callback):
         for m in self.convs:
             col = m.weight.pow(2).sum(0).sqrt() <= epsilon
             m.weight.mul_(~col)
-        return {"blocks_removed": gone_blocks, "channel_groups_zeroed": int(dead.numel()),
+        return {"blocks_removed": gone_blocks, "block_norms": {b: round(n, 4) for b, n in depth.items()},
+                "blocks": len(self.blocks), "channel_groups_zeroed": int(dead.numel()),
                 "channel_groups": self.n_atoms, "shape_groups_zeroed": int((shapes <= epsilon).sum()),
                 "shape_groups": int(shapes.numel())}
+
+
+def conv_filters(model: nn.Module) -> int:
+    """Filters (output channels) over every convolution of ``model``."""
+    return sum(m.out_channels for m in model.modules() if isinstance(m, CONV))
 
 
 def _zero_atoms(model: nn.Module, graph: DependencyGraph, groups: Sequence[ChannelGroup]) -> list[int]:
@@ -222,6 +277,9 @@ class SSLSpec(LayerStage):
     depth_blocks: list[str] = Field(default_factory=list, description="residual block name patterns, e.g. layer*.*")
     shortcut: str = Field("shortcut", description="the child of a block that is kept when the block is removed")
     epsilon: float = EPSILON.field(1e-3, description="groups with ||W_g||₂ <= epsilon are zeroed and removed")
+    epsilon_depth: float | None = Field(None, ge=0, description="epsilon of the depth groups; default: epsilon")
+    proximal: bool = Field(True, description="apply the group lasso as its proximal step after each optimizer "
+                                             "step (groups reach exactly zero) instead of adding it to the loss")
 
 
 def _apply(ctx: Any, spec: SSLSpec, finetune: TrainConfig) -> Step:
@@ -231,11 +289,11 @@ def _apply(ctx: Any, spec: SSLSpec, finetune: TrainConfig) -> Step:
     groups = selected_groups(graph, spec.layers, spec.exclude)
     blocks = depth_blocks(model, spec.depth_blocks, spec.shortcut) if spec.depth_blocks else []
     reg = GroupLasso(model, graph, groups, lambda_channel=spec.lambda_channel, lambda_shape=spec.lambda_shape,
-                     lambda_depth=spec.lambda_depth, blocks=blocks, shortcut=spec.shortcut)
+                     lambda_depth=spec.lambda_depth, blocks=blocks, shortcut=spec.shortcut, proximal=spec.proximal)
     cfg = spec.train if spec.train is not None else ctx.baseline_config
     ctx.history.append({"stage": f"{ctx.tag}-regularized", "technique": "ssl",
                         "epochs": ctx.fit(model, cfg, [reg], f"{ctx.tag}-regularized")})
-    summary = reg.zero_below(spec.epsilon)
+    summary = reg.zero_below(spec.epsilon, spec.epsilon_depth)
     plan: list[Any] = [RemoveBlock(block=b, shortcut=spec.shortcut) for b in summary["blocks_removed"]]
     slim = apply_plan(model, plan) if plan else model
     g2 = trace(slim, example_input(slim, shape))
@@ -246,6 +304,7 @@ def _apply(ctx: Any, spec: SSLSpec, finetune: TrainConfig) -> Step:
     after = checked_apply(slim, op, shape) if op.cuts else slim
     plan += [op] if op.cuts else []
     record_structure(ctx, model, after, graph.warnings)
+    summary["filters"] = [conv_filters(model), conv_filters(after)]  # before, after (removed blocks included)
     ctx.extra["structured"]["stages"][-1]["ssl"] = summary
     return Step(plan=plan)
 
