@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -119,12 +120,19 @@ def test_fast_popcount_compiles_to_vpopcntq_where_the_cpu_has_it() -> None:
         pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
 
     @njit
-    def probe(x, wt, acc):  # the kernels' unrolled inner loop, compiled afresh (cached code has no asm)
-        kern._acc4(x, 0, wt, 0, x.shape[1], acc)
+    def probe(x, wt, acc):  # the kernels' register-tiled micro-kernel, compiled afresh (cached code has no asm)
+        kern._tile_rows(x.ctypes.data, x.shape[1], wt.ctypes.data, x.shape[1], acc.ctypes.data)
 
-    x, wt = np.zeros((4, 8), np.uint64), np.zeros((1, 8, kern.LANES), np.uint64)
-    probe(x, wt, np.zeros((4, kern.LANES), np.uint64))
-    assert "vpopcntq" in probe.inspect_asm(probe.signatures[0])
+    x = np.random.default_rng(0).integers(0, 2**63, (kern.ROWS, 8)).astype(np.uint64)
+    wt = np.random.default_rng(1).integers(0, 2**63, (1, 8, kern.LANES)).astype(np.uint64)
+    acc = np.zeros((kern.ROWS, kern.LANES), np.uint64)
+    probe(x, wt, acc)
+    expected = [[sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(x[r], wt[0, :, j])) for j in range(kern.LANES)]
+                for r in range(kern.ROWS)]
+    assert acc.tolist() == expected
+    asm = probe.inspect_asm(probe.signatures[0])
+    assert re.search(r"vpopcntq\s+%zmm", asm)  # 512-bit VPOPCNTQ, not ymm halves
+    assert not re.search(r"vpaddq\s+\d*\(", asm)  # accumulators stay in registers (no add from memory)
 
 
 def test_bad_kernel_arguments_name_the_problem() -> None:

@@ -176,7 +176,7 @@ class XnorWeight:
         """(B, out) int32 dot products of packed ±1 inputs ``xp`` (B, words) with every row."""
         self._check_words(xp)
         out = np.empty((xp.shape[0], self.out_features), np.int32)
-        run_kernel(kern.gemm, xp.size * self.out_features, xp, *self._args(), self.out_features, out,
+        run_kernel(kern.gemm, xp.size * self.out_features, np.ascontiguousarray(xp), *self._args(), self.out_features, out,
                    _path(path) == "lookup")
         return out
 
@@ -185,7 +185,7 @@ class XnorWeight:
         """Packed bits ``(x·w_o >= threshold[o]) XOR flip[o]``: (B, words(out)) uint64, the next layer's input."""
         self._check_words(xp)
         out = np.empty((xp.shape[0], words(self.out_features)), np.uint64)
-        run_kernel(kern.gemm_sign, xp.size * self.out_features, xp, *self._args(),
+        run_kernel(kern.gemm_sign, xp.size * self.out_features, np.ascontiguousarray(xp), *self._args(),
                    np.ascontiguousarray(threshold, np.int32), np.ascontiguousarray(flip, np.uint8),
                    self.out_features, out, _path(path) == "lookup")
         return out
@@ -267,7 +267,7 @@ def xnor_conv2d_packed(xp: np.ndarray, weight: XnorConvWeight, stride: int = 1, 
     if oh < 1 or ow < 1:
         raise ModelError(f"xnor_conv2d: a {hp}x{wp} padded input is smaller than the {kh}x{kw} kernel.")
     out = np.empty((b, oh, ow, weight.out_channels), np.int32)
-    run_kernel(kern.conv, b * oh * ow * weight.out_channels * kh * kw * cw, xp, weight.wt, kh, kw, stride,
+    run_kernel(kern.conv, b * oh * ow * weight.out_channels * kh * kw * cw, np.ascontiguousarray(xp), weight.wt, kh, kw, stride,
                kh * kw * weight.in_channels, weight.out_channels, oh, ow, out, _path(path) == "lookup")
     return out
 
