@@ -27,8 +27,8 @@ from torchshrink.runtime.xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, cp
                                       pack_signs, reference_xnor_conv2d, reference_xnor_matmul, unpack_rows,
                                       xnor_conv2d, xnor_matmul)
 from torchshrink.surgery import parse_plan
-from torchshrink.surgery.binary_activations import (BinaryInput, FoldThresholdOp, SignActivation, ThresholdSign,
-                                                    fold_thresholds)
+from torchshrink.surgery.binary_activations import (BinaryInput, FoldThresholdOp, OutputScale, OutputScaleOp,
+                                                    SignActivation, ThresholdSign, fold_thresholds)
 
 PATHS = kern.PATHS
 
@@ -207,6 +207,29 @@ def test_fold_reproduces_sign_of_batch_norm_for_every_reachable_dot_product() ->
     assert int(flip[1]) == 1
 
 
+def test_output_scale_starts_stage_two_at_stage_one_logits_and_needs_the_last_child() -> None:
+    from torchshrink.quantize.bitwise import output_scale_op
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden=[16])
+    squash(model.fc2)
+    op = output_scale_op(model, {"fc2": model.fc2})
+    torch.testing.assert_close(op.alpha, float(model.fc2.weight.detach().abs().mean()))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        model.eval()
+        before = model(x)
+        binarize(model.fc2)
+        op.apply(model, init=True)
+        after = model(x)
+    assert list(dict(model.named_children()))[-1] == "out_scale"
+    pre = model.drop1(model.act1(model.bn1(model.fc1(model.inp(model.flatten(x))))))
+    torch.testing.assert_close(after, op.alpha * model.fc2(pre))  # the ±1 layer's logits times alpha
+    assert (after - before).abs().mean() < (model.fc2(pre) - before).abs().mean()  # closer than unscaled
+    assert output_scale_op(model, {"fc1": model.fc1}) is None  # the last child is not chosen
+    with pytest.raises(ModelError, match="output_scale needs 'fc1' to be the model's last child"):
+        OutputScaleOp(layer="fc1").apply(build_model("mlp", (1, 8, 8), 10, hidden=[16]), init=True)
+
+
 def test_surgery_ops_name_bad_layers() -> None:
     model = build_model("mlp", (1, 8, 8), 10, hidden=[16])
     with pytest.raises(ModelError, match="surgery step 0 has the unknown op"):
@@ -247,6 +270,8 @@ def test_recipe_round_trip_runs_one_bitwise_mlp_with_predictions_of_the_decoded_
     assert res.report["size"]["roundtrip_exact"] is True
     fast, plain = load(f), load(f, dense=True)
     assert isinstance(unwrap_runtime(fast), BitwiseMLP) and isinstance(plain.act1, ThresholdSign)
+    assert isinstance(plain.out_scale, OutputScale) and 0 < float(plain.out_scale.alpha) < 1  # mean |tanh w|
+    assert unwrap_runtime(fast).scale.alpha is not None
     x = load_data("digits").test.tensors[0]
     with torch.no_grad():  # integer dot products; only the last layer's bias add may round differently
         torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-6)

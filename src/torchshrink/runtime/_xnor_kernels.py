@@ -8,19 +8,26 @@ with zero bits on both sides, which agree and so add nothing to the count.
 Layout (OpenVINO's binary convolution, ``../shared/DESIGN.md``): weights are cut into
 blocks of :data:`LANES` output rows whose words are interleaved, ``wt[block, word, lane]``,
 so one input word is broadcast against a vector of 16 output rows' words: XOR, VPOPCNTQ
-and an add per 8 lanes, no horizontal sum. Accumulators are unrolled over 4 input rows
-(batch rows, or output pixels of a convolution) × 16 lanes.
+and an add per 8 lanes, no horizontal sum.
 
-Popcount paths (:data:`PATHS`): ``"ctpop"`` calls LLVM's ``llvm.ctpop.i64``, which LLVM
+The micro-kernel (:func:`_make_tile`) is written in LLVM IR, as a GEMM micro-kernel is
+written in assembly: :data:`ROWS` input rows (batch rows, or output pixels of a
+convolution) x 16 lanes = 16 ``<8 x i64>`` accumulators held in zmm registers for the
+whole reduction, each weight vector loaded once per word and reused by the 8 rows, the
+input word broadcast straight from memory. (numba's own loops put the accumulators in
+memory and split the vectors into ymm halves: LLVM's Intel models prefer 256-bit
+vectors unless a function asks for 512, see :func:`_zmm`.) A binary convolution calls it
+once per kernel row: the ``kw·cw`` words of a window row are contiguous in the padded
+NHWC input, and consecutive output pixels are ``stride·cw`` words apart.
+
+Popcount paths (:data:`PATHS`): ``"ctpop"`` calls LLVM's ``llvm.ctpop``, which LLVM
 lowers to VPOPCNTQ where the CPU has AVX-512 VPOPCNTDQ (checked in the assembly by the
 tests), to a PSHUFB nibble lookup on AVX2 and to POPCNT otherwise; ``"lookup"`` is a
 portable byte-table popcount, the fallback for CPUs without any of these, which the
 tests compare with the fast path. Every kernel takes ``lookup`` (a bool) and holds both
 paths, chosen once per weight block, so one compiled and cached function serves both;
-the fallback's inner loops are the plain ones (one input row at a time), as are those of
-masked weights (the sparsity threshold) and of a batch's last rows. The unrolled loops
-are small ``inline="always"`` functions holding nothing else: branches in them stop LLVM
-from keeping the accumulators in registers (measured 3-6x slower).
+the fallback's inner loops are plain numba loops (one input row at a time), as are those
+of masked weights (the sparsity threshold).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from numba.extending import intrinsic
 
 #: Output rows per interleaved weight block (two AVX-512 vectors of 64-bit words).
 LANES = 16
-#: Input rows (batch rows or output pixels) sharing one pass over a weight block.
+#: Input rows (batch rows or output pixels) sharing one pass over a weight block (2·ROWS zmm accumulators).
 ROWS = 8
 PATHS = ("ctpop", "lookup")
 
@@ -250,7 +257,7 @@ def conv(xp, wt, kh, kw_, stride, n_bits, n_out, oh, ow, out, lookup, threads):
 
     ``xp`` is the input padded with +1 bits, (B, H + 2p, W + 2p, cw) words packed along
     channels (channel tail bits 0); filters are packed as (kh, kw, cw) words in ``wt``'s
-    blocks; ``n_bits`` = kh·kw·channels. Output pixels are taken 4 at a time along a row,
+    blocks; ``n_bits`` = kh·kw·channels. Output pixels are taken ROWS (8) at a time along a row,
     every window a row of the "im2col" matrix that is never built.
     """
     batch, hp, wp, cw = xp.shape
