@@ -25,7 +25,7 @@ so inference is XNOR–popcount from layer to layer, x·w = 2·popcount(xnor(x, 
 the fold absorbs them into the thresholds, and the last layer keeps a float bias.
 
 Storage: each bitwise weight is the ``bitwise`` form, 1 bit per weight (plus 1 mask bit
-where ``sparsity > 0``); thresholds are int32 tensors.
+where ``sparsity > 0``); thresholds are int16 tensors (int32 past 32,766 inputs).
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ whole reduction, each weight vector loaded once per word and reused by the 8 row
 input word broadcast straight from memory. (numba's own loops put the accumulators in
 memory and split the vectors into ymm halves: LLVM's Intel models prefer 256-bit
 vectors unless a function asks for 512, see :func:`_zmm`.) A binary convolution calls it
-once per kernel row: the ``kw·cw`` words of a window row are contiguous in the padded
-NHWC input, and consecutive output pixels are ``stride·cw`` words apart.
+once per 8 output pixels, one segment per kernel row: the ``kw·cw`` words of a window
+row are contiguous in the padded NHWC input, and consecutive output pixels are
+``stride·cw`` words apart.
 
 Popcount paths (:data:`PATHS`): ``"ctpop"`` calls LLVM's ``llvm.ctpop``, which LLVM
 lowers to VPOPCNTQ where the CPU has AVX-512 VPOPCNTDQ (checked in the assembly by the
@@ -78,22 +79,26 @@ def _zmm(fn: ir.Function) -> None:
 
 
 def _make_tile(rows: int):  # noqa: ANN202 - returns a numba intrinsic
-    """An intrinsic ``tile(x_addr, x_stride, w_addr, n, acc_addr)``: the register-tiled micro-kernel.
+    """An intrinsic ``tile(x_addr, x_stride, w_addr, n, acc_addr, segs, seg_stride)``: the register-tiled micro-kernel.
 
-    For ``k < n`` (``n >= 1``) and each of ``rows`` input rows ``r`` (words at
-    ``x_addr + 8·(r·x_stride + k)``): broadcast the word, XOR it with the weight block's
-    16 words ``w[k, 0:16]`` (two ``<8 x i64>`` vectors, loaded once per ``k`` and reused
-    by every row), ``llvm.ctpop`` and add to ``acc[r, 0:16]``. The ``2·rows``
-    accumulators are SSA values (registers) for the whole loop; ``acc`` is read before
-    and written after. On AVX-512 VPOPCNTDQ this is VPXORQ, VPOPCNTQ, VPADDQ on zmm.
+    For ``segs`` segments ``s`` of ``n`` words ``k`` (``n, segs >= 1``; ``t = s·n + k``) and
+    each of ``rows`` input rows ``r`` (word at ``x_addr + 8·(r·x_stride + s·seg_stride + k)``):
+    broadcast the word, XOR it with the weight block's 16 words ``w[t, 0:16]`` (two
+    ``<8 x i64>`` vectors, loaded once per ``t`` and reused by every row), ``llvm.ctpop``
+    and add to ``acc[r, 0:16]``. The ``2·rows`` accumulators are SSA values (registers)
+    for the whole loop; ``acc`` is read before and written after. On AVX-512 VPOPCNTDQ
+    this is VPXORQ, VPOPCNTQ, VPADDQ on zmm. A GEMM has one segment; a convolution one
+    per kernel row (the rows of a window are ``seg_stride`` words apart in the input).
     """
 
     @intrinsic
-    def tile(typingctx, x_addr, x_stride, w_addr, n, acc_addr):  # noqa: ANN001 - numba intrinsic signature
-        sig = types.void(types.uint64, types.int64, types.uint64, types.int64, types.uint64)
+    def tile(typingctx, x_addr, x_stride, w_addr, n, acc_addr, segs, seg_stride):  # noqa: ANN001 - intrinsic
+        sig = types.void(types.uint64, types.int64, types.uint64, types.int64, types.uint64, types.int64, types.int64)
 
         def codegen(context, builder, signature, args):  # noqa: ANN001
-            xa, xs, wa, count, aa = args
+            xa, xs, wa, count, aa, nseg, sstride = args
+            total = builder.mul(count, nseg)
+            skip = builder.sub(sstride, builder.sub(count, _i64(1)))  # x offset step from a segment's end
             _zmm(builder.function)
             vec = ir.VectorType(_I64, _VEC)
             name = f"llvm.ctpop.v{_VEC}i64"
@@ -109,25 +114,32 @@ def _make_tile(rows: int):  # noqa: ANN202 - returns a numba intrinsic
             done = builder.append_basic_block("xnor_tile.done")
             builder.branch(loop)
             builder.position_at_end(loop)
-            k = builder.phi(_I64)
+            t = builder.phi(_I64)  # word of the weight block
+            k = builder.phi(_I64)  # word within the segment
+            xo = builder.phi(_I64)  # word offset in the input row: s·seg_stride + k
             acc = {c: builder.phi(vec) for c in cells}
-            w = [builder.load(builder.gep(wp, [builder.add(builder.mul(k, _i64(nv)), _i64(v))]), align=8)
+            w = [builder.load(builder.gep(wp, [builder.add(builder.mul(t, _i64(nv)), _i64(v))]), align=8)
                  for v in range(nv)]
             new = {}
             for r in range(rows):
-                word = builder.load(builder.gep(xp, [builder.add(builder.mul(xs, _i64(r)), k)]), align=8)
+                word = builder.load(builder.gep(xp, [builder.add(builder.mul(xs, _i64(r)), xo)]), align=8)
                 b = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(ir.IntType(32), 0))
                 b = builder.shuffle_vector(b, ir.Constant(vec, ir.Undefined),
                                            ir.Constant(ir.VectorType(ir.IntType(32), _VEC), [0] * _VEC))
                 for v in range(nv):
                     new[r, v] = builder.add(acc[r, v], builder.call(ctpop, [builder.xor(b, w[v])]))
+            t1 = builder.add(t, _i64(1))
             k1 = builder.add(k, _i64(1))
-            k.add_incoming(_i64(0), pre)
-            k.add_incoming(k1, loop)
+            wrap = builder.icmp_signed("==", k1, count)
+            k_next = builder.select(wrap, _i64(0), k1)
+            xo_next = builder.add(xo, builder.select(wrap, skip, _i64(1)))
+            for phi, first, nxt in ((t, _i64(0), t1), (k, _i64(0), k_next), (xo, _i64(0), xo_next)):
+                phi.add_incoming(first, pre)
+                phi.add_incoming(nxt, loop)
             for c in cells:
                 acc[c].add_incoming(init[c], pre)
                 acc[c].add_incoming(new[c], loop)
-            builder.cbranch(builder.icmp_signed("<", k1, count), loop, done)
+            builder.cbranch(builder.icmp_signed("<", t1, total), loop, done)
             builder.position_at_end(done)
             for c in cells:
                 builder.store(new[c], builder.gep(ap, [_i64(c[0] * nv + c[1])]), align=8)
@@ -182,10 +194,10 @@ def _run_block(lookup, x, b0, nr, wt, nb, kw, acc, masked, mt):
     if masked or lookup:
         _acc_rows(x, b0, nr, wt, nb, kw, acc, masked, mt, lookup)
     elif nr == ROWS:
-        _tile_rows(_addr(x, b0 * kw), kw, _addr(wt, nb * kw * LANES), kw, _addr(acc, 0))
+        _tile_rows(_addr(x, b0 * kw), kw, _addr(wt, nb * kw * LANES), kw, _addr(acc, 0), 1, 0)
     else:
         for r in range(nr):
-            _tile_one(_addr(x, (b0 + r) * kw), 0, _addr(wt, nb * kw * LANES), kw, _addr(acc, r * LANES))
+            _tile_one(_addr(x, (b0 + r) * kw), 0, _addr(wt, nb * kw * LANES), kw, _addr(acc, r * LANES), 1, 0)
 
 
 @njit(fastmath=True, parallel=True, cache=True)
@@ -276,14 +288,15 @@ def conv(xp, wt, kh, kw_, stride, n_bits, n_out, oh, ow, out, lookup, threads):
             if lookup:
                 _conv_rows(xp, wt, b, y, x0, nr, nb, kh, kw_, stride, acc, lookup)
             else:
-                for i in range(kh):  # kernel row i: the kw_·cw words of a window row are contiguous
-                    xa = _addr(xp, ((b * hp + y * stride + i) * wp + x0 * stride) * cw)
-                    wa = _addr(wt, (nb * taps + i * kw_ * cw) * LANES)
-                    if nr == ROWS:
-                        _tile_rows(xa, stride * cw, wa, kw_ * cw, _addr(acc, 0))
-                    else:
-                        for r in range(nr):
-                            _tile_one(xa + np.uint64(8 * r * stride * cw), 0, wa, kw_ * cw, _addr(acc, r * LANES))
+                # one segment per kernel row: the kw_·cw words of a window row are contiguous
+                xa = _addr(xp, ((b * hp + y * stride) * wp + x0 * stride) * cw)
+                wa = _addr(wt, nb * taps * LANES)
+                if nr == ROWS:
+                    _tile_rows(xa, stride * cw, wa, kw_ * cw, _addr(acc, 0), kh, wp * cw)
+                else:
+                    for r in range(nr):
+                        xr = xa + np.uint64(8 * r * stride * cw)
+                        _tile_one(xr, 0, wa, kw_ * cw, _addr(acc, r * LANES), kh, wp * cw)
             for j in range(LANES):
                 o = nb * LANES + j
                 if o < n_out:

@@ -79,12 +79,14 @@ class BinaryInput(nn.Module):
 class ThresholdSign(nn.Module):
     """``+1`` where ``(z >= threshold) XOR flip``, else ``−1``: batch norm + sign of a bitwise layer, folded.
 
-    ``threshold`` (int32) and ``flip`` (uint8) are buffers, one per output channel.
+    ``threshold`` and ``flip`` (uint8) are buffers, one per output channel; a threshold
+    lies in ``[−n, n + 1]`` for ``n`` inputs, so it is int16 (:func:`threshold_dtype`)
+    unless ``n`` needs int32.
     """
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, dtype: torch.dtype = torch.int32) -> None:
         super().__init__()
-        self.register_buffer("threshold", torch.zeros(features, dtype=torch.int32))
+        self.register_buffer("threshold", torch.zeros(features, dtype=dtype))
         self.register_buffer("flip", torch.zeros(features, dtype=torch.uint8))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -194,6 +196,11 @@ class OutputScaleOp(SurgeryOp):
 ACTIVATIONS = (nn.Tanh, nn.Hardtanh, nn.ReLU, nn.Identity, SignActivation)
 
 
+def threshold_dtype(in_features: int) -> torch.dtype:
+    """The narrowest of int16 / int32 holding every threshold of a layer with ``in_features`` inputs."""
+    return torch.int16 if in_features + 1 <= torch.iinfo(torch.int16).max else torch.int32
+
+
 @torch.no_grad()
 def fold_thresholds(linear: nn.Linear, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(threshold int32, flip uint8) with ``sign(norm(z + bias)) = +1 iff (z >= t) XOR flip`` for integer ``z``.
@@ -255,7 +262,7 @@ class FoldThresholdOp(SurgeryOp):
         fc = _module_at(model, self.linear, (nn.Linear,), "fold_threshold")
         bn = _module_at(model, self.norm, (nn.BatchNorm1d,), "fold_threshold") if self.norm else None
         _module_at(model, self.activation, (SignActivation,), "fold_threshold")
-        folded = ThresholdSign(fc.out_features)
+        folded = ThresholdSign(fc.out_features, threshold_dtype(fc.in_features))
         if init:
             t, f = fold_thresholds(fc, bn)
             folded.threshold.copy_(t)
