@@ -28,7 +28,7 @@ from torchshrink.runtime.xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, cp
                                       xnor_conv2d, xnor_matmul)
 from torchshrink.surgery import parse_plan
 from torchshrink.surgery.binary_activations import (BinaryInput, FoldThresholdOp, OutputScale, OutputScaleOp,
-                                                    SignActivation, ThresholdSign, fold_thresholds)
+                                                    SignActivation, ThresholdSign, fold_thresholds, threshold_dtype)
 
 PATHS = kern.PATHS
 
@@ -205,6 +205,7 @@ def test_fold_reproduces_sign_of_batch_norm_for_every_reachable_dot_product() ->
         expected = SignActivation()(bn(z + fc.bias))
     assert torch.equal(folded(z), expected)
     assert int(flip[1]) == 1
+    assert threshold_dtype(n) == torch.int16 and threshold_dtype(40_000) == torch.int32  # thresholds lie in [-n, n+1]
 
 
 def test_output_scale_starts_stage_two_at_stage_one_logits_and_needs_the_last_child() -> None:
