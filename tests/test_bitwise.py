@@ -231,6 +231,22 @@ def test_output_scale_starts_stage_two_at_stage_one_logits_and_needs_the_last_ch
         OutputScaleOp(layer="fc1").apply(build_model("mlp", (1, 8, 8), 10, hidden=[16]), init=True)
 
 
+def test_norm_stats_are_the_training_set_average_of_the_final_weights() -> None:
+    from torchshrink.quantize.bitwise import recompute_norm_stats
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden=[12])
+    x = torch.randn(70, 1, 8, 8)
+    model.bn1.running_mean.fill_(5.0)
+    model.eval()
+    recompute_norm_stats(model, x, batch_size=32)  # three batches: 32, 32, 6
+    assert not model.training and model.bn1.momentum == 0.1
+    with torch.no_grad():
+        z = model.fc1(x.reshape(70, -1))
+    batches = [z[i : i + 32] for i in range(0, 70, 32)]  # cumulative average of the per-batch statistics
+    torch.testing.assert_close(model.bn1.running_mean, torch.stack([b.mean(0) for b in batches]).mean(0))
+    torch.testing.assert_close(model.bn1.running_var, torch.stack([b.var(0) for b in batches]).mean(0))
+
+
 def test_surgery_ops_name_bad_layers() -> None:
     model = build_model("mlp", (1, 8, 8), 10, hidden=[16])
     with pytest.raises(ModelError, match="surgery step 0 has the unknown op"):

@@ -112,6 +112,8 @@ class BitwiseSpec(LayerStage):
     activations: list[str] = Field(default_factory=lambda: ["*"],
                                    description="activation name patterns made sign (stage binary)")
     output_scale: bool = Field(True, description="scale the ±1 last layer's logits by mean |tanh w| (stage binary)")
+    norm_stats: bool = Field(False, description="recompute the batch norms' statistics on the training set "
+                                                "before folding (stage fold)")
 
 
 def _linears(model: nn.Module, spec: BitwiseSpec) -> list[tuple[str, nn.Module]]:
@@ -181,6 +183,34 @@ def output_scale_op(model: nn.Module, chosen: dict[str, nn.Module]) -> OutputSca
     return OutputScaleOp(layer=name, alpha=alpha) if alpha > 0 else None
 
 
+@torch.no_grad()
+def recompute_norm_stats(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Set every batch norm's running mean and variance to its average over ``inputs`` (weights unchanged).
+
+    The running statistics of stage 2 are an exponential average over the last steps,
+    whose sign flips move the pre-activations, so the folded thresholds would inherit
+    that noise (test accuracy jumps by points from one epoch to the next); a pass over
+    the training set in train mode with cumulative averaging (``momentum=None``) gives
+    the statistics of the final weights (as BN re-estimation in Ioffe & Szegedy 2015, §3.1).
+    """
+    norms = [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was, momenta = model.training, [m.momentum for m in norms]
+    device = next(iter(model.parameters())).device
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for i in range(0, len(inputs), batch_size):
+            model(inputs[i : i + batch_size].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was)
+
+
 def fold_plan(model: nn.Module) -> list[FoldThresholdOp]:
     """:class:`FoldThresholdOp` for each Linear followed (in module order) by an optional batch norm and a sign."""
     plan, pending, norm = [], None, None
@@ -213,6 +243,8 @@ def _apply(ctx: Any, spec: BitwiseSpec, finetune: Any) -> Step:
         for _, layer in chosen:
             binarize(layer, spec.sparsity)
         return Step(plan=[op for op in plan if op is not None] + sign_activation_plan(ctx.model, spec.activations))
+    if spec.norm_stats:
+        recompute_norm_stats(ctx.model, ctx.data.train.tensors[0])
     return Step(plan=fold_plan(ctx.model), finetune=False)
 
 
