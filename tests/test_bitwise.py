@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -26,8 +27,8 @@ from torchshrink.runtime.xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, cp
                                       pack_signs, reference_xnor_conv2d, reference_xnor_matmul, unpack_rows,
                                       xnor_conv2d, xnor_matmul)
 from torchshrink.surgery import parse_plan
-from torchshrink.surgery.binary_activations import (BinaryInput, FoldThresholdOp, SignActivation, ThresholdSign,
-                                                    fold_thresholds)
+from torchshrink.surgery.binary_activations import (BinaryInput, FoldThresholdOp, OutputScale, OutputScaleOp,
+                                                    SignActivation, ThresholdSign, fold_thresholds, threshold_dtype)
 
 PATHS = kern.PATHS
 
@@ -119,12 +120,19 @@ def test_fast_popcount_compiles_to_vpopcntq_where_the_cpu_has_it() -> None:
         pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
 
     @njit
-    def probe(x, wt, acc):  # the kernels' unrolled inner loop, compiled afresh (cached code has no asm)
-        kern._acc4(x, 0, wt, 0, x.shape[1], acc)
+    def probe(x, wt, acc):  # the kernels' register-tiled micro-kernel, compiled afresh (cached code has no asm)
+        kern._tile_rows(x.ctypes.data, x.shape[1], wt.ctypes.data, x.shape[1], acc.ctypes.data, 1, 0)
 
-    x, wt = np.zeros((4, 8), np.uint64), np.zeros((1, 8, kern.LANES), np.uint64)
-    probe(x, wt, np.zeros((4, kern.LANES), np.uint64))
-    assert "vpopcntq" in probe.inspect_asm(probe.signatures[0])
+    x = np.random.default_rng(0).integers(0, 2**63, (kern.ROWS, 8)).astype(np.uint64)
+    wt = np.random.default_rng(1).integers(0, 2**63, (1, 8, kern.LANES)).astype(np.uint64)
+    acc = np.zeros((kern.ROWS, kern.LANES), np.uint64)
+    probe(x, wt, acc)
+    expected = [[sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(x[r], wt[0, :, j])) for j in range(kern.LANES)]
+                for r in range(kern.ROWS)]
+    assert acc.tolist() == expected
+    asm = probe.inspect_asm(probe.signatures[0])
+    assert re.search(r"vpopcntq\s+%zmm", asm)  # 512-bit VPOPCNTQ, not ymm halves
+    assert not re.search(r"vpaddq\s+\d*\(", asm)  # accumulators stay in registers (no add from memory)
 
 
 def test_bad_kernel_arguments_name_the_problem() -> None:
@@ -197,6 +205,46 @@ def test_fold_reproduces_sign_of_batch_norm_for_every_reachable_dot_product() ->
         expected = SignActivation()(bn(z + fc.bias))
     assert torch.equal(folded(z), expected)
     assert int(flip[1]) == 1
+    assert threshold_dtype(n) == torch.int16 and threshold_dtype(40_000) == torch.int32  # thresholds lie in [-n, n+1]
+
+
+def test_output_scale_starts_stage_two_at_stage_one_logits_and_needs_the_last_child() -> None:
+    from torchshrink.quantize.bitwise import output_scale_op
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden=[16])
+    squash(model.fc2)
+    op = output_scale_op(model, {"fc2": model.fc2})
+    torch.testing.assert_close(op.alpha, float(model.fc2.weight.detach().abs().mean()))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        model.eval()
+        before = model(x)
+        binarize(model.fc2)
+        op.apply(model, init=True)
+        after = model(x)
+    assert list(dict(model.named_children()))[-1] == "out_scale"
+    pre = model.drop1(model.act1(model.bn1(model.fc1(model.inp(model.flatten(x))))))
+    torch.testing.assert_close(after, op.alpha * model.fc2(pre))  # the ±1 layer's logits times alpha
+    assert (after - before).abs().mean() < (model.fc2(pre) - before).abs().mean()  # closer than unscaled
+    assert output_scale_op(model, {"fc1": model.fc1}) is None  # the last child is not chosen
+    with pytest.raises(ModelError, match="output_scale needs 'fc1' to be the model's last child"):
+        OutputScaleOp(layer="fc1").apply(build_model("mlp", (1, 8, 8), 10, hidden=[16]), init=True)
+
+
+def test_norm_stats_are_the_training_set_average_of_the_final_weights() -> None:
+    from torchshrink.quantize.bitwise import recompute_norm_stats
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden=[12])
+    x = torch.randn(70, 1, 8, 8)
+    model.bn1.running_mean.fill_(5.0)
+    model.eval()
+    recompute_norm_stats(model, x, batch_size=32)  # three batches: 32, 32, 6
+    assert not model.training and model.bn1.momentum == 0.1
+    with torch.no_grad():
+        z = model.fc1(x.reshape(70, -1))
+    batches = [z[i : i + 32] for i in range(0, 70, 32)]  # cumulative average of the per-batch statistics
+    torch.testing.assert_close(model.bn1.running_mean, torch.stack([b.mean(0) for b in batches]).mean(0))
+    torch.testing.assert_close(model.bn1.running_var, torch.stack([b.var(0) for b in batches]).mean(0))
 
 
 def test_surgery_ops_name_bad_layers() -> None:
@@ -235,10 +283,12 @@ def test_recipe_round_trip_runs_one_bitwise_mlp_with_predictions_of_the_decoded_
     rec = f.record("fc2.weight")
     assert rec["form"] == "bitwise" and rec["codec"] == "bitwise(1b)"
     assert f.nbytes("fc2.weight") == math.ceil(48 * 64 / 8)  # one bit per weight
-    assert f.tensor("act1.threshold").dtype == torch.int32 and "fc1.bias" not in f.records  # folded
+    assert f.tensor("act1.threshold").dtype == torch.int16 and "fc1.bias" not in f.records  # folded
     assert res.report["size"]["roundtrip_exact"] is True
     fast, plain = load(f), load(f, dense=True)
     assert isinstance(unwrap_runtime(fast), BitwiseMLP) and isinstance(plain.act1, ThresholdSign)
+    assert isinstance(plain.out_scale, OutputScale) and 0 < float(plain.out_scale.alpha) < 1  # mean |tanh w|
+    assert unwrap_runtime(fast).scale.alpha is not None
     x = load_data("digits").test.tensors[0]
     with torch.no_grad():  # integer dot products; only the last layer's bias add may round differently
         torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-6)

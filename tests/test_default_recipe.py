@@ -53,7 +53,10 @@ def test_every_shipped_recipe_runs_end_to_end_on_digits(name, tmp_path):
             sets.append(f"stages.{i}.iterations=3")
     res = run_recipe(load_recipe(name, sets), tmp_path, progress=False, console=Console(file=io.StringIO()))
     rep = res.report
-    assert rep["result"]["nonzero_params"] < rep["baseline"]["params"]
+    if any(s.technique == "bitwise" for s in recipe.stages):  # 1 bit a weight; input bit-planes widen fc1
+        assert rep["size"]["file_bytes"] * 20 < rep["size"]["dense_bytes"]
+    else:
+        assert rep["result"]["nonzero_params"] < rep["baseline"]["params"]
     assert rep["result"]["accuracy"] > 0.3
     for layer in rep["layers"]:
         assert layer["nonzeros"] <= layer["params"]

@@ -7,7 +7,7 @@ thresholds; saved to a ``.tsk`` file and loaded back. ``dense`` is that file dec
 (``load(dense=True)``: fp32 ``nn.Linear`` layers and the thresholds in torch), ``twin`` the
 real-valued twin (fp32 Linear + BatchNorm1d + tanh), and ``torchshrink`` the runtime model
 (``load``: one :class:`~torchshrink.runtime.xnor.BitwiseMLP`, activations packed from layer
-to layer). ``agree`` is the fraction of equal predictions of ``torchshrink`` and ``dense``.
+to layer, timed without the :class:`~torchshrink.runtime.dispatch.RuntimeModel` wrapper). ``agree`` is the fraction of equal predictions of ``torchshrink`` and ``dense``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from _timing import median_ms, ratio
 from torchshrink.format import load, save
 from torchshrink.models import build_model
 from torchshrink.quantize.bitwise import binarize, binarize_input, fold_plan, sign_activation_plan
+from torchshrink.runtime.dispatch import unwrap_runtime
 from torchshrink.runtime.xnor import BitwiseMLP
 from torchshrink.surgery import apply_plan
 
@@ -52,7 +53,7 @@ def rows(args, gen: torch.Generator) -> list[dict]:
     twin, model = bitwise_network(hidden, gen)
     with tempfile.TemporaryDirectory() as tmp:
         info = save(model, Path(tmp) / "bitwise.tsk")
-        fast, dense = load(Path(tmp) / "bitwise.tsk"), load(Path(tmp) / "bitwise.tsk", dense=True)
+        fast, dense = unwrap_runtime(load(Path(tmp) / "bitwise.tsk")), load(Path(tmp) / "bitwise.tsk", dense=True)
     if not isinstance(fast, BitwiseMLP):
         raise SystemExit("the loaded bitwise MLP did not fuse into a BitwiseMLP")
     out = []

@@ -386,7 +386,7 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
     _check_fits(f, model)
     model.load_state_dict(_with_metadata(f.state_dict() if state is None else state, f, model))
     model.eval()
-    return model if dense else runtime_model(f, model, batches=tuple(batches))
+    return model if dense else runtime_model(f, model, batches=tuple(batches)).eval()  # RuntimeModel starts in train mode
 
 
 def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1, 64)) -> nn.Module:

@@ -13,6 +13,10 @@ The paper trains in two stages (its §3):
    activations ``sign`` (:class:`~torchshrink.surgery.binary_activations.SignActivation`),
    trained through straight-through gradients (the paper's noisy backpropagation: the
    loss is that of the bitwise network, the updates go to the real-valued ``w̄``).
+   With ``output_scale`` (default) the last layer's integer logits are scaled by
+   ``alpha = mean |tanh w̄|`` (:class:`~torchshrink.surgery.binary_activations.OutputScale`,
+   XNOR-Net's weight scale), so stage 2 starts from stage 1's logits instead of ones
+   ``1/alpha`` times larger, where cross-entropy's gradients saturate.
 
 A third stage, ``stage: fold``, trains nothing: each hidden Linear's bias, batch norm and
 sign become integer thresholds (:class:`~torchshrink.surgery.binary_activations.ThresholdSign`),
@@ -21,7 +25,7 @@ so inference is XNOR–popcount from layer to layer, x·w = 2·popcount(xnor(x, 
 the fold absorbs them into the thresholds, and the last layer keeps a float bias.
 
 Storage: each bitwise weight is the ``bitwise`` form, 1 bit per weight (plus 1 mask bit
-where ``sparsity > 0``); thresholds are int32 tensors.
+where ``sparsity > 0``); thresholds are int16 tensors (int32 past 32,766 inputs).
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from ..core.select import select_layers, unwrap
 from ..core.technique import LayerStage, Step, Technique
 from ..core.transform import WeightTransform, attach, find, original
 from ..errors import ModelError, RecipeError
-from ..surgery.binary_activations import (ACTIVATIONS, BinaryInput, BinaryInputOp, FoldThresholdOp, SignActivation,
-                                          SignActivationOp)
+from ..surgery.binary_activations import (ACTIVATIONS, BinaryInput, BinaryInputOp, FoldThresholdOp, OutputScaleOp,
+                                          SignActivation, SignActivationOp)
 from ..surgery.plan import apply_plan
 
 INPUT_BITS = Interval(int, 1, 8)
@@ -107,6 +111,9 @@ class BitwiseSpec(LayerStage):
     sparsity: float = SPARSITY.field(0.0, description="β: weights with |tanh w| < β become 0 (stage binary)")
     activations: list[str] = Field(default_factory=lambda: ["*"],
                                    description="activation name patterns made sign (stage binary)")
+    output_scale: bool = Field(True, description="scale the ±1 last layer's logits by mean |tanh w| (stage binary)")
+    norm_stats: bool = Field(False, description="recompute the batch norms' statistics on the training set "
+                                                "before folding (stage fold)")
 
 
 def _linears(model: nn.Module, spec: BitwiseSpec) -> list[tuple[str, nn.Module]]:
@@ -162,6 +169,48 @@ def sign_activation_plan(model: nn.Module, patterns: list[str] | None = None,
     return [SignActivationOp(layer=n) for n, _ in acts]
 
 
+def output_scale_op(model: nn.Module, chosen: dict[str, nn.Module]) -> OutputScaleOp | None:
+    """:class:`OutputScaleOp` with ``alpha = mean |w|`` of the model's last child, if it is a chosen Linear; else None.
+
+    Run before :func:`binarize`: ``w`` is then the real-valued (tanh-squashed) weight.
+    """
+    children = list(unwrap(model).named_children())
+    if not children or children[-1][0] not in chosen or not isinstance(children[-1][1], nn.Linear):
+        return None
+    name, last = children[-1]
+    with torch.no_grad():
+        alpha = float(last.weight.detach().abs().mean())
+    return OutputScaleOp(layer=name, alpha=alpha) if alpha > 0 else None
+
+
+@torch.no_grad()
+def recompute_norm_stats(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Set every batch norm's running mean and variance to its average over ``inputs`` (weights unchanged).
+
+    The running statistics of stage 2 are an exponential average over the last steps,
+    whose sign flips move the pre-activations, so the folded thresholds would inherit
+    that noise (test accuracy jumps by points from one epoch to the next); a pass over
+    the training set in train mode with cumulative averaging (``momentum=None``) gives
+    the statistics of the final weights (as BN re-estimation in Ioffe & Szegedy 2015, §3.1).
+    """
+    norms = [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was, momenta = model.training, [m.momentum for m in norms]
+    device = next(iter(model.parameters())).device
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for i in range(0, len(inputs), batch_size):
+            model(inputs[i : i + batch_size].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was)
+
+
 def fold_plan(model: nn.Module) -> list[FoldThresholdOp]:
     """:class:`FoldThresholdOp` for each Linear followed (in module order) by an optional batch norm and a sign."""
     plan, pending, norm = [], None, None
@@ -189,9 +238,13 @@ def _apply(ctx: Any, spec: BitwiseSpec, finetune: Any) -> Step:
             squash(layer)
         return Step()
     if spec.stage == "binary":
-        for _, layer in _linears(ctx.model, spec):
+        chosen = _linears(ctx.model, spec)
+        plan: list[Any] = [output_scale_op(ctx.model, dict(chosen))] if spec.output_scale else []
+        for _, layer in chosen:
             binarize(layer, spec.sparsity)
-        return Step(plan=sign_activation_plan(ctx.model, spec.activations))
+        return Step(plan=[op for op in plan if op is not None] + sign_activation_plan(ctx.model, spec.activations))
+    if spec.norm_stats:
+        recompute_norm_stats(ctx.model, ctx.data.train.tensors[0])
     return Step(plan=fold_plan(ctx.model), finetune=False)
 
 

@@ -8,19 +8,27 @@ with zero bits on both sides, which agree and so add nothing to the count.
 Layout (OpenVINO's binary convolution, ``../shared/DESIGN.md``): weights are cut into
 blocks of :data:`LANES` output rows whose words are interleaved, ``wt[block, word, lane]``,
 so one input word is broadcast against a vector of 16 output rows' words: XOR, VPOPCNTQ
-and an add per 8 lanes, no horizontal sum. Accumulators are unrolled over 4 input rows
-(batch rows, or output pixels of a convolution) × 16 lanes.
+and an add per 8 lanes, no horizontal sum.
 
-Popcount paths (:data:`PATHS`): ``"ctpop"`` calls LLVM's ``llvm.ctpop.i64``, which LLVM
+The micro-kernel (:func:`_make_tile`) is written in LLVM IR, as a GEMM micro-kernel is
+written in assembly: :data:`ROWS` input rows (batch rows, or output pixels of a
+convolution) x 16 lanes = 16 ``<8 x i64>`` accumulators held in zmm registers for the
+whole reduction, each weight vector loaded once per word and reused by the 8 rows, the
+input word broadcast straight from memory. (numba's own loops put the accumulators in
+memory and split the vectors into ymm halves: LLVM's Intel models prefer 256-bit
+vectors unless a function asks for 512, see :func:`_zmm`.) A binary convolution calls it
+once per 8 output pixels, one segment per kernel row: the ``kw·cw`` words of a window
+row are contiguous in the padded NHWC input, and consecutive output pixels are
+``stride·cw`` words apart.
+
+Popcount paths (:data:`PATHS`): ``"ctpop"`` calls LLVM's ``llvm.ctpop``, which LLVM
 lowers to VPOPCNTQ where the CPU has AVX-512 VPOPCNTDQ (checked in the assembly by the
 tests), to a PSHUFB nibble lookup on AVX2 and to POPCNT otherwise; ``"lookup"`` is a
 portable byte-table popcount, the fallback for CPUs without any of these, which the
 tests compare with the fast path. Every kernel takes ``lookup`` (a bool) and holds both
 paths, chosen once per weight block, so one compiled and cached function serves both;
-the fallback's inner loops are the plain ones (one input row at a time), as are those of
-masked weights (the sparsity threshold) and of a batch's last rows. The unrolled loops
-are small ``inline="always"`` functions holding nothing else: branches in them stop LLVM
-from keeping the accumulators in registers (measured 3-6x slower).
+the fallback's inner loops are plain numba loops (one input row at a time), as are those
+of masked weights (the sparsity threshold).
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from numba.extending import intrinsic
 
 #: Output rows per interleaved weight block (two AVX-512 vectors of 64-bit words).
 LANES = 16
-#: Input rows (batch rows or output pixels) sharing one pass over a weight block.
-ROWS = 4
+#: Input rows (batch rows or output pixels) sharing one pass over a weight block (2·ROWS zmm accumulators).
+ROWS = 8
 PATHS = ("ctpop", "lookup")
 
 _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint64)
@@ -60,22 +68,104 @@ def _lookup(v):
             + t[(v >> 32) & 0xFF] + t[(v >> 40) & 0xFF] + t[(v >> 48) & 0xFF] + t[v >> 56])
 
 
-@njit(inline="always")
-def _acc4(x, b0, wt, nb, kw, acc):
-    """``acc[r, lane] +=`` disagreements of input rows ``b0 .. b0+3`` with block ``nb`` (VPOPCNTQ path)."""
-    for k in range(kw):
-        x0, x1, x2, x3 = x[b0, k], x[b0 + 1, k], x[b0 + 2, k], x[b0 + 3, k]
-        for j in range(LANES):
-            w = wt[nb, k, j]
-            acc[0, j] += _ctpop(x0 ^ w)
-            acc[1, j] += _ctpop(x1 ^ w)
-            acc[2, j] += _ctpop(x2 ^ w)
-            acc[3, j] += _ctpop(x3 ^ w)
+def _zmm(fn: ir.Function) -> None:
+    """Let LLVM keep 512-bit vectors whole in ``fn`` (``"min-legal-vector-width"="512"``).
+
+    LLVM's Intel CPU models prefer 256-bit vectors and split wider ones into ymm halves
+    unless the function asks for 512; llvmlite's attribute set knows no string
+    attributes, hence ``set.add``. Without AVX-512 the attribute changes nothing.
+    """
+    set.add(fn.attributes, '"min-legal-vector-width"="512"')
+
+
+def _make_tile(rows: int):  # noqa: ANN202 - returns a numba intrinsic
+    """An intrinsic ``tile(x_addr, x_stride, w_addr, n, acc_addr, segs, seg_stride)``: the register-tiled micro-kernel.
+
+    For ``segs`` segments ``s`` of ``n`` words ``k`` (``n, segs >= 1``; ``t = s·n + k``) and
+    each of ``rows`` input rows ``r`` (word at ``x_addr + 8·(r·x_stride + s·seg_stride + k)``):
+    broadcast the word, XOR it with the weight block's 16 words ``w[t, 0:16]`` (two
+    ``<8 x i64>`` vectors, loaded once per ``t`` and reused by every row), ``llvm.ctpop``
+    and add to ``acc[r, 0:16]``. The ``2·rows`` accumulators are SSA values (registers)
+    for the whole loop; ``acc`` is read before and written after. On AVX-512 VPOPCNTDQ
+    this is VPXORQ, VPOPCNTQ, VPADDQ on zmm. A GEMM has one segment; a convolution one
+    per kernel row (the rows of a window are ``seg_stride`` words apart in the input).
+    """
+
+    @intrinsic
+    def tile(typingctx, x_addr, x_stride, w_addr, n, acc_addr, segs, seg_stride):  # noqa: ANN001 - intrinsic
+        sig = types.void(types.uint64, types.int64, types.uint64, types.int64, types.uint64, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001
+            xa, xs, wa, count, aa, nseg, sstride = args
+            total = builder.mul(count, nseg)
+            skip = builder.sub(sstride, builder.sub(count, _i64(1)))  # x offset step from a segment's end
+            _zmm(builder.function)
+            vec = ir.VectorType(_I64, _VEC)
+            name = f"llvm.ctpop.v{_VEC}i64"
+            ctpop = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec, [vec]), name)
+            xp = builder.inttoptr(xa, _I64.as_pointer())
+            wp = builder.inttoptr(wa, vec.as_pointer())
+            ap = builder.inttoptr(aa, vec.as_pointer())
+            nv = LANES // _VEC
+            cells = [(r, v) for r in range(rows) for v in range(nv)]
+            init = {c: builder.load(builder.gep(ap, [_i64(c[0] * nv + c[1])]), align=8) for c in cells}
+            pre = builder.block
+            loop = builder.append_basic_block("xnor_tile.loop")
+            done = builder.append_basic_block("xnor_tile.done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            t = builder.phi(_I64)  # word of the weight block
+            k = builder.phi(_I64)  # word within the segment
+            xo = builder.phi(_I64)  # word offset in the input row: s·seg_stride + k
+            acc = {c: builder.phi(vec) for c in cells}
+            w = [builder.load(builder.gep(wp, [builder.add(builder.mul(t, _i64(nv)), _i64(v))]), align=8)
+                 for v in range(nv)]
+            new = {}
+            for r in range(rows):
+                word = builder.load(builder.gep(xp, [builder.add(builder.mul(xs, _i64(r)), xo)]), align=8)
+                b = builder.insert_element(ir.Constant(vec, ir.Undefined), word, ir.Constant(ir.IntType(32), 0))
+                b = builder.shuffle_vector(b, ir.Constant(vec, ir.Undefined),
+                                           ir.Constant(ir.VectorType(ir.IntType(32), _VEC), [0] * _VEC))
+                for v in range(nv):
+                    new[r, v] = builder.add(acc[r, v], builder.call(ctpop, [builder.xor(b, w[v])]))
+            t1 = builder.add(t, _i64(1))
+            k1 = builder.add(k, _i64(1))
+            wrap = builder.icmp_signed("==", k1, count)
+            k_next = builder.select(wrap, _i64(0), k1)
+            xo_next = builder.add(xo, builder.select(wrap, skip, _i64(1)))
+            for phi, first, nxt in ((t, _i64(0), t1), (k, _i64(0), k_next), (xo, _i64(0), xo_next)):
+                phi.add_incoming(first, pre)
+                phi.add_incoming(nxt, loop)
+            for c in cells:
+                acc[c].add_incoming(init[c], pre)
+                acc[c].add_incoming(new[c], loop)
+            builder.cbranch(builder.icmp_signed("<", t1, total), loop, done)
+            builder.position_at_end(done)
+            for c in cells:
+                builder.store(new[c], builder.gep(ap, [_i64(c[0] * nv + c[1])]), align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_I64 = ir.IntType(64)
+_VEC = 8  # 64-bit words per vector: one zmm
+
+
+def _i64(v: int) -> ir.Constant:
+    return ir.Constant(_I64, v)
+
+
+#: The micro-kernels: ROWS input rows x 16 lanes, and one row (batch tails, batch 1).
+_tile_rows = _make_tile(ROWS)
+_tile_one = _make_tile(1)
 
 
 @njit(fastmath=True, cache=True)
 def _acc_rows(x, b0, nr, wt, nb, kw, acc, masked, mt, lookup):
-    """:func:`_acc4` one row at a time, for a batch tail, masked weights or the lookup path."""
+    """One input row at a time, for masked weights or the lookup path."""
     for r in range(nr):
         for k in range(kw):
             xv = x[b0 + r, k]
@@ -92,13 +182,22 @@ def _acc_rows(x, b0, nr, wt, nb, kw, acc, masked, mt, lookup):
 
 
 @njit(inline="always")
+def _addr(a, words):
+    """The address of the 64-bit word ``words`` of C-contiguous ``a``."""
+    return a.ctypes.data + np.uint64(8 * words)
+
+
+@njit(inline="always")
 def _run_block(lookup, x, b0, nr, wt, nb, kw, acc, masked, mt):
     """``acc[r, lane]`` = disagreements of input row ``b0 + r`` with the rows of block ``nb``."""
     acc[:, :] = 0
-    if nr == ROWS and not masked and not lookup:
-        _acc4(x, b0, wt, nb, kw, acc)
-    else:
+    if masked or lookup:
         _acc_rows(x, b0, nr, wt, nb, kw, acc, masked, mt, lookup)
+    elif nr == ROWS:
+        _tile_rows(_addr(x, b0 * kw), kw, _addr(wt, nb * kw * LANES), kw, _addr(acc, 0), 1, 0)
+    else:
+        for r in range(nr):
+            _tile_one(_addr(x, (b0 + r) * kw), 0, _addr(wt, nb * kw * LANES), kw, _addr(acc, r * LANES), 1, 0)
 
 
 @njit(fastmath=True, parallel=True, cache=True)
@@ -146,29 +245,9 @@ def gemm_sign(x, wt, n_active, masked, mt, threshold, flip, n_out, out, lookup, 
             for r in range(nr):
                 out[b0 + r, ow] = words[r]
 
-@njit(inline="always")
-def _conv4(xp, wt, b, y, x0, nb, kh, kw_, stride, acc):
-    """``acc[r, lane] +=`` disagreements of the windows at output pixels (y, x0 .. x0+3) with block ``nb``."""
-    cw = xp.shape[3]
-    for i in range(kh):
-        for jj in range(kw_):
-            for c in range(cw):
-                k = (i * kw_ + jj) * cw + c
-                a0 = xp[b, y * stride + i, x0 * stride + jj, c]
-                a1 = xp[b, y * stride + i, (x0 + 1) * stride + jj, c]
-                a2 = xp[b, y * stride + i, (x0 + 2) * stride + jj, c]
-                a3 = xp[b, y * stride + i, (x0 + 3) * stride + jj, c]
-                for j in range(LANES):
-                    w = wt[nb, k, j]
-                    acc[0, j] += _ctpop(a0 ^ w)
-                    acc[1, j] += _ctpop(a1 ^ w)
-                    acc[2, j] += _ctpop(a2 ^ w)
-                    acc[3, j] += _ctpop(a3 ^ w)
-
-
 @njit(fastmath=True, cache=True)
 def _conv_rows(xp, wt, b, y, x0, nr, nb, kh, kw_, stride, acc, lookup):
-    """:func:`_conv4` one pixel at a time (a row's tail, or the lookup path)."""
+    """The lookup path of :func:`conv`: one pixel at a time."""
     cw = xp.shape[3]
     for i in range(kh):
         for jj in range(kw_):
@@ -190,10 +269,11 @@ def conv(xp, wt, kh, kw_, stride, n_bits, n_out, oh, ow, out, lookup, threads):
 
     ``xp`` is the input padded with +1 bits, (B, H + 2p, W + 2p, cw) words packed along
     channels (channel tail bits 0); filters are packed as (kh, kw, cw) words in ``wt``'s
-    blocks; ``n_bits`` = kh·kw·channels. Output pixels are taken 4 at a time along a row,
+    blocks; ``n_bits`` = kh·kw·channels. Output pixels are taken ROWS (8) at a time along a row,
     every window a row of the "im2col" matrix that is never built.
     """
-    batch = xp.shape[0]
+    batch, hp, wp, cw = xp.shape
+    taps = wt.shape[1]
     tiles = (ow + ROWS - 1) // ROWS
     for task in prange(wt.shape[0] * batch * oh):
         nb = task // (batch * oh)
@@ -205,14 +285,20 @@ def conv(xp, wt, kh, kw_, stride, n_bits, n_out, oh, ow, out, lookup, threads):
             x0 = t * ROWS
             nr = min(ROWS, ow - x0)
             acc[:, :] = 0
-            if nr == ROWS and not lookup:
-                _conv4(xp, wt, b, y, x0, nb, kh, kw_, stride, acc)
-            else:
+            if lookup:
                 _conv_rows(xp, wt, b, y, x0, nr, nb, kh, kw_, stride, acc, lookup)
+            else:
+                # one segment per kernel row: the kw_·cw words of a window row are contiguous
+                xa = _addr(xp, ((b * hp + y * stride) * wp + x0 * stride) * cw)
+                wa = _addr(wt, nb * taps * LANES)
+                if nr == ROWS:
+                    _tile_rows(xa, stride * cw, wa, kw_ * cw, _addr(acc, 0), kh, wp * cw)
+                else:
+                    for r in range(nr):
+                        xr = xa + np.uint64(8 * r * stride * cw)
+                        _tile_one(xr, 0, wa, kw_ * cw, _addr(acc, r * LANES), kh, wp * cw)
             for j in range(LANES):
                 o = nb * LANES + j
                 if o < n_out:
                     for r in range(nr):
                         out[b, y, x0 + r, o] = np.int32(n_bits) - 2 * np.int32(acc[r, j])
-
-

@@ -176,7 +176,7 @@ class XnorWeight:
         """(B, out) int32 dot products of packed ±1 inputs ``xp`` (B, words) with every row."""
         self._check_words(xp)
         out = np.empty((xp.shape[0], self.out_features), np.int32)
-        run_kernel(kern.gemm, xp.size * self.out_features, xp, *self._args(), self.out_features, out,
+        run_kernel(kern.gemm, xp.size * self.out_features, np.ascontiguousarray(xp), *self._args(), self.out_features, out,
                    _path(path) == "lookup")
         return out
 
@@ -185,7 +185,7 @@ class XnorWeight:
         """Packed bits ``(x·w_o >= threshold[o]) XOR flip[o]``: (B, words(out)) uint64, the next layer's input."""
         self._check_words(xp)
         out = np.empty((xp.shape[0], words(self.out_features)), np.uint64)
-        run_kernel(kern.gemm_sign, xp.size * self.out_features, xp, *self._args(),
+        run_kernel(kern.gemm_sign, xp.size * self.out_features, np.ascontiguousarray(xp), *self._args(),
                    np.ascontiguousarray(threshold, np.int32), np.ascontiguousarray(flip, np.uint8),
                    self.out_features, out, _path(path) == "lookup")
         return out
@@ -267,7 +267,7 @@ def xnor_conv2d_packed(xp: np.ndarray, weight: XnorConvWeight, stride: int = 1, 
     if oh < 1 or ow < 1:
         raise ModelError(f"xnor_conv2d: a {hp}x{wp} padded input is smaller than the {kh}x{kw} kernel.")
     out = np.empty((b, oh, ow, weight.out_channels), np.int32)
-    run_kernel(kern.conv, b * oh * ow * weight.out_channels * kh * kw * cw, xp, weight.wt, kh, kw, stride,
+    run_kernel(kern.conv, b * oh * ow * weight.out_channels * kh * kw * cw, np.ascontiguousarray(xp), weight.wt, kh, kw, stride,
                kh * kw * weight.in_channels, weight.out_channels, oh, ow, out, _path(path) == "lookup")
     return out
 
@@ -296,11 +296,12 @@ class BitwiseMLP(nn.Module):
     ``pre``: the float modules before the first layer (flatten, the input binarizer),
     whose ±1 output is packed once; ``hidden``: (weight, threshold, flip) per hidden layer,
     run by the fused XNOR–popcount + threshold kernel; ``last``: the output layer's weight
-    and float bias.
+    and float bias; ``scale``: the :class:`~torchshrink.surgery.binary_activations.OutputScale`
+    after it, if any.
     """
 
     def __init__(self, pre: list[nn.Module], hidden: list[tuple[XnorWeight, np.ndarray, np.ndarray]],
-                 last: tuple[XnorWeight, torch.Tensor | None]) -> None:
+                 last: tuple[XnorWeight, torch.Tensor | None], scale: nn.Module | None = None) -> None:
         super().__init__()
         self.pre = nn.Sequential(*pre)
         self.hidden = [(w, np.ascontiguousarray(t, np.int32), np.ascontiguousarray(f, np.uint8)) for w, t, f in hidden]
@@ -311,6 +312,7 @@ class BitwiseMLP(nn.Module):
         self.last = last[0]
         self.in_features = ws[0].in_features
         self.register_buffer("bias", None if last[1] is None else last[1].detach().float().clone())
+        self.scale = scale if scale is not None else nn.Identity()
 
     @property
     def weight_bytes(self) -> int:
@@ -326,7 +328,7 @@ class BitwiseMLP(nn.Module):
         for w, t, f in self.hidden:
             xp = w.sign_packed(xp, t, f)
         y = torch.from_numpy(self.last.dot_packed(xp).astype(np.float32))
-        return y if self.bias is None else y + self.bias
+        return self.scale(y if self.bias is None else y + self.bias)
 
 
 def fuse_bitwise(plain: nn.Module, fast: nn.Module) -> nn.Module:
@@ -334,10 +336,11 @@ def fuse_bitwise(plain: nn.Module, fast: nn.Module) -> nn.Module:
 
     The chain (``plain``'s children in order, as :class:`~torchshrink.models.mlp.MLP` runs
     them): flatten / identity / dropout, the input binarizer, then per hidden layer a
-    bitwise Linear (no bias) and its :class:`ThresholdSign`, and a last bitwise Linear.
+    bitwise Linear (no bias) and its :class:`ThresholdSign`, a last bitwise Linear and an
+    optional :class:`~torchshrink.surgery.binary_activations.OutputScale`.
     """
     from ..models.mlp import MLP
-    from ..surgery.binary_activations import BinaryInput, ThresholdSign
+    from ..surgery.binary_activations import BinaryInput, OutputScale, ThresholdSign
     from .modules import CompressedLinear
 
     if not isinstance(plain, MLP):
@@ -347,6 +350,7 @@ def fuse_bitwise(plain: nn.Module, fast: nn.Module) -> nn.Module:
     hidden: list[list[Any]] = []
     last: tuple[XnorWeight, torch.Tensor | None] | None = None
     binarized = False
+    scale: nn.Module | None = None
     fast_children = dict(fast.named_children())
     for name, m in plain.named_children():
         f = fast_children.get(name)
@@ -365,8 +369,12 @@ def fuse_bitwise(plain: nn.Module, fast: nn.Module) -> nn.Module:
                 return fast
             hidden.append([last[0], m.threshold.numpy(), m.flip.numpy()])
             last = None
-        elif not isinstance(m, (nn.Identity, nn.Dropout)):
+        elif isinstance(m, OutputScale):
+            if last is None or scale is not None:
+                return fast
+            scale = m
+        elif scale is not None or not isinstance(m, (nn.Identity, nn.Dropout)):
             return fast
     if last is None or not hidden:
         return fast
-    return BitwiseMLP(pre, [tuple(h) for h in hidden], last).eval()
+    return BitwiseMLP(pre, [tuple(h) for h in hidden], last, scale).eval()

@@ -7,11 +7,13 @@ Modules:
   ``[low, high]`` (plane ``i`` = bit ``i`` of the code, as ±1; features plane-major).
 * :class:`SignActivation`: ``sign(x)`` (``+1`` for ``x >= 0``) with the straight-through
   gradient ``g·1{|x| <= 1}`` (the paper's stage 2 trains through the sign this way).
+* :class:`OutputScale`: a fixed positive scale on the logits of the ±1 last layer.
 * :class:`ThresholdSign`: the folded form of ``sign(batchnorm(z + b))`` for the integer
   dot products ``z`` of a bitwise layer: ``+1`` iff ``(z >= threshold) XOR flip``.
 
 Ops (each a :class:`~torchshrink.surgery.plan.SurgeryOp`, recorded in the file and
-replayed on load): ``binary_input`` (puts a :class:`BinaryInput` at a module and widens the
+replayed on load): ``output_scale`` (an :class:`OutputScale` after the last layer),
+``binary_input`` (puts a :class:`BinaryInput` at a module and widens the
 next Linear for bit-planes), ``sign_activation`` (replaces an activation by
 :class:`SignActivation`) and ``fold_threshold`` (folds a Linear's bias, its batch norm and
 sign into a :class:`ThresholdSign`: exact, thresholds found by evaluating the eval-mode
@@ -28,6 +30,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .plan import SurgeryOp
+
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
@@ -76,12 +79,14 @@ class BinaryInput(nn.Module):
 class ThresholdSign(nn.Module):
     """``+1`` where ``(z >= threshold) XOR flip``, else ``−1``: batch norm + sign of a bitwise layer, folded.
 
-    ``threshold`` (int32) and ``flip`` (uint8) are buffers, one per output channel.
+    ``threshold`` and ``flip`` (uint8) are buffers, one per output channel; a threshold
+    lies in ``[−n, n + 1]`` for ``n`` inputs, so it is int16 (:func:`threshold_dtype`)
+    unless ``n`` needs int32.
     """
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, dtype: torch.dtype = torch.int32) -> None:
         super().__init__()
-        self.register_buffer("threshold", torch.zeros(features, dtype=torch.int32))
+        self.register_buffer("threshold", torch.zeros(features, dtype=dtype))
         self.register_buffer("flip", torch.zeros(features, dtype=torch.uint8))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -90,6 +95,23 @@ class ThresholdSign(nn.Module):
 
     def extra_repr(self) -> str:
         return f"features={self.threshold.numel()}"
+
+
+class OutputScale(nn.Module):
+    """``alpha · x``: a fixed positive scale on the logits of a network whose last layer is ±1.
+
+    With ±1 weights and inputs the logits are integers up to ``± in_features``, far
+    beyond the scale cross-entropy trains well at; ``alpha`` (a buffer) is XNOR-Net's
+    weight scale ``mean |w|`` of the real-valued layer it replaces (Rastegari et al. 2016,
+    eq. 3), so stage 2 starts with stage 1's logits. A positive scale changes no prediction.
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.alpha.to(x.dtype)
 
 
 def _module_at(model: nn.Module, name: str, kinds: tuple[type, ...], op: str) -> nn.Module:
@@ -150,7 +172,33 @@ class SignActivationOp(SurgeryOp):
         _replace(model, self.layer, SignActivation())
 
 
+class OutputScaleOp(SurgeryOp):
+    """Add an :class:`OutputScale` named ``name`` after ``layer``, the model's last child (a Linear).
+
+    The model must run its children in order (as :class:`~torchshrink.models.mlp.MLP`
+    does), so a child added last runs last. ``alpha`` is the scale (its buffer is in the file).
+    """
+
+    op: Literal["output_scale"] = "output_scale"
+    layer: str
+    name: str = "out_scale"
+    alpha: float = Field(1.0, gt=0)
+
+    def apply(self, model: nn.Module, init: bool) -> None:
+        _module_at(model, self.layer, (nn.Linear,), "output_scale")
+        children = list(model.named_children())
+        if not children or children[-1][0] != self.layer or "." in self.name or hasattr(model, self.name):
+            raise ModelError(f"output_scale needs {self.layer!r} to be the model's last child and {self.name!r} "
+                             "a new top-level name")
+        model.add_module(self.name, OutputScale(self.alpha))
+
+
 ACTIVATIONS = (nn.Tanh, nn.Hardtanh, nn.ReLU, nn.Identity, SignActivation)
+
+
+def threshold_dtype(in_features: int) -> torch.dtype:
+    """The narrowest of int16 / int32 holding every threshold of a layer with ``in_features`` inputs."""
+    return torch.int16 if in_features + 1 <= torch.iinfo(torch.int16).max else torch.int32
 
 
 @torch.no_grad()
@@ -214,7 +262,7 @@ class FoldThresholdOp(SurgeryOp):
         fc = _module_at(model, self.linear, (nn.Linear,), "fold_threshold")
         bn = _module_at(model, self.norm, (nn.BatchNorm1d,), "fold_threshold") if self.norm else None
         _module_at(model, self.activation, (SignActivation,), "fold_threshold")
-        folded = ThresholdSign(fc.out_features)
+        folded = ThresholdSign(fc.out_features, threshold_dtype(fc.in_features))
         if init:
             t, f = fold_thresholds(fc, bn)
             folded.threshold.copy_(t)
@@ -225,4 +273,4 @@ class FoldThresholdOp(SurgeryOp):
         _replace(model, self.activation, folded)
 
 
-OPS = (BinaryInputOp, SignActivationOp, FoldThresholdOp)
+OPS = (BinaryInputOp, SignActivationOp, FoldThresholdOp, OutputScaleOp)
