@@ -21,6 +21,7 @@ def _own_dispatch_cache(monkeypatch, tmp_path):
     """Measured-dispatch decisions go to a fresh cache directory per test."""
     from torchshrink.runtime import dispatch
 
+    monkeypatch.delenv("TORCHSHRINK_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     dispatch._loaded_from.clear()
 
