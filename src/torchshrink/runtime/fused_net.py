@@ -94,6 +94,16 @@ class FusedNet(Dispatching):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dispatch(x)
 
+    def __getattr__(self, name: str) -> Any:
+        """Attributes it lacks come from its twin, the per-layer runtime model (``fast.conv1`` still works)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            twin = self.__dict__.get("_twin")
+            if not twin or name.startswith("__"):
+                raise
+            return getattr(twin[0], name)
+
     def program(self, in_shape: tuple[int, ...]) -> tuple:
         """``(ops, ptr, idx, val, bias, width, out_shape, work)`` for one sample of shape ``in_shape``."""
         got = self._program.get(in_shape)
