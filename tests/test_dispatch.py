@@ -15,19 +15,28 @@ import pytest
 import torch
 from torch import nn
 
+from torchshrink.cache_dir import cache_root
 from torchshrink.errors import ModelError
 from torchshrink.format import load, save
 from torchshrink.measure import compare_latency, weight_bytes_touched
 from torchshrink.models import build_model
 from torchshrink.prune import magnitude
 from torchshrink.quantize import kmeans
-from torchshrink.runtime import dispatch
-from torchshrink.runtime.dispatch import Dispatched, RuntimeModel, attach_twin, calibrate, force, paths
+from torchshrink.runtime import decisions, dispatch
+from torchshrink.runtime.dispatch import (
+    Dispatched,
+    RuntimeModel,
+    attach_twin,
+    calibrate,
+    force,
+    paths,
+)
 from torchshrink.runtime.modules import CompressedLinear
 
 
 @pytest.fixture(autouse=True)
 def cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHSHRINK_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     dispatch._loaded_from.clear()
     return tmp_path / "cache"
@@ -76,10 +85,13 @@ def test_decisions_are_cached_per_machine_and_reused(cache_dir, monkeypatch) -> 
     entries = json.loads(files[0].read_text())["entries"]
     assert len(entries) == 1 and next(iter(entries.values()))["path"] == "dense"
     dispatch._loaded_from.clear()  # a new process: read back from disk, no timing
-    monkeypatch.setattr(dispatch, "time_paths", lambda *a: pytest.fail("timed a cached decision"))
+    monkeypatch.setattr(dispatch, "time_paths", lambda *a: pytest.fail("timed a cached decision in full"))
     again = attach_twin(Slow(linear(), weight_bytes=10), linear(), "fc")
     again(torch.randn(2, 6))
-    assert again.decisions[(2, 6)] == {**next(iter(entries.values())), "cached": True}
+    got = dict(again.decisions[(2, 6)])
+    verified = got.pop("verified")  # re-checked at load with a few calls of each path
+    assert got == {**next(iter(entries.values())), "cached": True}
+    assert verified["kernel_ms"] > verified["dense_ms"]
     dispatch.clear_cache()
     assert not files[0].exists()
 
@@ -90,7 +102,67 @@ def test_a_damaged_cache_is_measured_again(cache_dir) -> None:
     path.write_text("{not json")
     m = attach_twin(Slow(linear(), weight_bytes=10), linear(), "fc")
     m(torch.randn(1, 6))
-    assert m.decisions[(1, 6)]["cached"] is False and json.loads(path.read_text())["format"] == dispatch._CACHE_FORMAT
+    assert m.decisions[(1, 6)]["cached"] is False and json.loads(path.read_text())["format"] == decisions._CACHE_FORMAT
+
+
+def entries(cache_dir) -> dict:
+    path = cache_dir / "torchshrink" / f"dispatch-{dispatch.fingerprint()}.json"
+    return json.loads(path.read_text())["entries"] if path.exists() else {}
+
+
+def test_a_stale_cached_decision_is_dropped_at_load(cache_dir, monkeypatch) -> None:
+    loaded = {"kernel_ms": 0.5, "dense_ms": 2.0, "kernel_p20_ms": 0.45, "dense_p20_ms": 1.8,
+              "kernel_p80_ms": 0.55, "dense_p80_ms": 2.2}  # timed while dense's threads were starved
+    with monkeypatch.context() as mp:
+        mp.setattr(dispatch, "time_paths", lambda *a: loaded)
+        attach_twin(Slow(linear(), 10), linear(), "fc")(torch.randn(2, 6))
+    assert [e["path"] for e in entries(cache_dir).values()] == ["kernel"]
+    dispatch._loaded_from.clear()  # a new process, on a quiet machine: the kernel is the slow path
+    slow = attach_twin(Slow(linear(), 10), linear(), "fc")
+    slow(torch.randn(2, 6))
+    d = slow.decisions[(2, 6)]
+    assert d["path"] == "dense" and d["cached"] is False  # the check at load failed: measured again
+    assert [e["path"] for e in entries(cache_dir).values()] == ["dense"]
+
+
+def test_a_decision_within_the_noise_is_not_cached(cache_dir, monkeypatch) -> None:
+    even = {"kernel_ms": 1.0, "dense_ms": 1.02, "kernel_p20_ms": 0.6, "dense_p20_ms": 0.6,
+            "kernel_p80_ms": 1.8, "dense_p80_ms": 1.8}
+    monkeypatch.setattr(dispatch, "time_paths", lambda *a: even)
+    m = attach_twin(Slow(linear(), 10), linear(), "fc")
+    m(torch.randn(2, 6))
+    d = m.decisions[(2, 6)]
+    assert d["path"] == "dense" and not d["clear"] and d["margin"] < d["noise"]
+    assert entries(cache_dir) == {}
+    v = decisions.verdict({**even, "kernel_ms": 0.5, "kernel_p20_ms": 0.45, "kernel_p80_ms": 0.55,
+                           "dense_p20_ms": 0.95, "dense_p80_ms": 1.1})
+    assert v["path"] == "kernel" and v["clear"]  # 2x apart with narrow spreads: worth caching
+
+
+def test_a_cache_of_other_software_is_ignored(cache_dir, monkeypatch) -> None:
+    attach_twin(Slow(linear(), 10), linear(), "fc")(torch.randn(2, 6))
+    path = dispatch.cache_path()
+    doc = json.loads(path.read_text())
+    assert doc["stamp"] == dispatch.stamp() and len(doc["entries"]) == 1
+    path.write_text(json.dumps({**doc, "stamp": "another-build"}))
+    dispatch._loaded_from.clear()
+    m = attach_twin(Slow(linear(), 10), linear(), "fc")
+    m(torch.randn(2, 6))
+    assert m.decisions[(2, 6)]["cached"] is False
+
+
+def test_one_cache_root_for_every_cache(monkeypatch, tmp_path) -> None:
+    from torchshrink.policy import latency
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "torchshrink"
+    monkeypatch.setenv("TORCHSHRINK_CACHE", str(tmp_path / "own"))
+    assert cache_root() == tmp_path / "own"
+    assert dispatch.cache_path().parent == latency.cache_path().parent == tmp_path / "own"
+    monkeypatch.delenv("TORCHSHRINK_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "torchshrink"
 
 
 def test_force_and_gradients_take_the_dense_twin() -> None:

@@ -13,6 +13,7 @@ from torchshrink.prune import magnitude
 from torchshrink.quantize import product_quantize, kmeans
 from torchshrink.runtime.dispatch import RuntimeModel, force, unwrap_runtime
 from torchshrink.runtime.fused import FusedSharedMLP
+from torchshrink.runtime.fused_net import FusedNet
 from torchshrink.runtime.modules import CompressedConv2d, CompressedLinear
 
 
@@ -21,6 +22,7 @@ def _own_dispatch_cache(monkeypatch, tmp_path):
     """Measured-dispatch decisions go to a fresh cache directory per test."""
     from torchshrink.runtime import dispatch
 
+    monkeypatch.delenv("TORCHSHRINK_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     dispatch._loaded_from.clear()
 
@@ -50,8 +52,9 @@ def test_pruned_shared_zoo_model_runs_compressed_and_matches_dense(tmp_path, mon
     assert isinstance(fast, RuntimeModel)
     if name == "lenet300":  # a pure Linear/ReLU chain runs as one fused kernel
         assert isinstance(unwrap_runtime(fast), FusedSharedMLP)
-    else:  # conv2, fc1, fc2 compressed; conv1 and the pooling stay PyTorch
-        assert len(_compressed(unwrap_runtime(fast))) == 3
+    else:  # a conv/pool/Linear chain runs as one program; its twin: conv2, fc1, fc2 compressed, conv1 PyTorch
+        assert isinstance(unwrap_runtime(fast), FusedNet)
+        assert len(_compressed(unwrap_runtime(fast).dense_twin)) == 3
     for run in (fast, kernels(fast)):  # measured dispatch, then every kernel
         for batch in (1, 7, 33):  # 33: the multi-threaded fused path
             x = torch.randn(batch, 1, 8, 8)

@@ -4,7 +4,8 @@ HAQ's code ships a latency table for one model and one device; here a layer's la
 under a setting is measured: the compressed layer becomes its form's runtime module (the
 kernel ``load`` would use, or the plain layer where no kernel applies) and is timed at
 batch 1 by :func:`torchshrink.measure.latency_ms` on the layer's own input shape. Results
-are cached in ``$TORCHSHRINK_CACHE`` (default ``~/.cache/torchshrink``) under a machine
+are cached under :func:`torchshrink.cache_dir.cache_root` (``$TORCHSHRINK_CACHE``, else
+``$XDG_CACHE_HOME/torchshrink``, else ``~/.cache/torchshrink``) under a machine
 fingerprint (CPU model and flags, core count, torch and numba versions), so a second
 search on the same machine does not time again.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cache_dir import cache_root
 from ..core.transform import bake, packer
 from ..files import atomic_write
 from ..forms import form_of
@@ -42,8 +44,7 @@ def machine_fingerprint() -> str:
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("TORCHSHRINK_CACHE", Path.home() / ".cache" / "torchshrink"))
-    return root / f"latency-{machine_fingerprint()}.json"
+    return cache_root() / f"latency-{machine_fingerprint()}.json"
 
 
 class LayerTimer:

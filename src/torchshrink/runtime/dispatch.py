@@ -19,148 +19,37 @@ The contract (any runtime module gets it without code of its own):
   :func:`~torchshrink.runtime.modules.compressed_layer` returns) dispatch in their own
   ``forward``; any other runtime module is wrapped in :class:`Dispatched`;
 * the first call with an input shape not yet decided times both paths on that input
-  (interleaved rounds, medians), unless the decision is in the on-disk cache.
+  (interleaved rounds, medians), unless the on-disk cache holds a decision for it that
+  a quick re-timing at load confirms (:mod:`.decisions`: only decisions whose margin
+  exceeds their noise are cached, and a cached one that no longer holds is dropped).
 
-The cache is one JSON file per machine fingerprint (CPU model, cores, torch / numba /
-torchshrink versions, thread counts) under the user cache directory
-(``$XDG_CACHE_HOME/torchshrink`` or ``~/.cache/torchshrink``), keyed by the layer's
-signature (module and kernel class, weight shape, nonzeros, kernel bytes) and the input
-shape. :func:`calibrate` decides every layer for the batch sizes asked (``load`` calls
+The cache is one JSON file per machine fingerprint (CPU model, cores, thread counts),
+stamped with the software (torch / numba / torchshrink versions, the runtime's source),
+under :func:`torchshrink.cache_dir.cache_root`, keyed by the layer's signature (module
+and kernel class, weight shape, nonzeros, kernel bytes) and the input shape. :func:`calibrate` decides every layer for the batch sizes asked (``load`` calls
 it for a zoo model's input shape at batch 1 and 64); :func:`paths` lists the decisions.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import os
-import platform
-import statistics
-import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
-
-PATHS = ("kernel", "dense")
-#: The kernel is kept only when its median is at most this fraction of dense's: a tie
-#: goes to the decoded dense layer, the reference path.
-KERNEL_MARGIN = 0.97
-#: Timing budget of one decision (seconds) and its bounds on rounds.
-BUDGET_S = 0.02
-MIN_ROUNDS, MAX_ROUNDS = 5, 40
-_CACHE_FORMAT = 3
-
-
-@functools.cache
-def fingerprint() -> str:
-    """A short hash naming this machine and software stack (cache entries are per fingerprint)."""
-    import numba
-
-    from .. import __version__
-    from ._common import available_cores, start_pool
-
-    start_pool()  # before numba.get_num_threads(), which would start the pool with spinning threads
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    parts = [platform.machine(), cpu, str(available_cores()), torch.__version__, numba.__version__, __version__,
-             str(torch.get_num_threads()), str(numba.get_num_threads())]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def cache_path() -> Path:
-    """The JSON file holding this machine's decisions."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "torchshrink" / f"dispatch-{fingerprint()}.json"
-
-
-_memory: dict[str, dict[str, Any]] = {}
-_loaded_from: list[Path] = []
-
-
-def _cache() -> dict[str, dict[str, Any]]:
-    path = cache_path()
-    if not _loaded_from or _loaded_from[0] != path:
-        _memory.clear()
-        _loaded_from[:] = [path]
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            if doc.get("format") == _CACHE_FORMAT and isinstance(doc.get("entries"), dict):
-                _memory.update({k: v for k, v in doc["entries"].items()
-                                if isinstance(v, dict) and v.get("path") in PATHS})
-        except (OSError, ValueError, AttributeError):
-            pass  # no cache yet, or a damaged one: measure again
-    return _memory
-
-
-def _store(key: str, entry: dict[str, Any]) -> None:
-    """Record one decision in memory and (merged with what is on disk) in the cache file."""
-    from ..files import atomic_write
-
-    cache = _cache()
-    cache[key] = entry
-    path = cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"format": _CACHE_FORMAT, "entries": cache}, indent=0).encode())
-    except OSError:  # pragma: no cover - read-only home: decisions stay in memory
-        pass
-
-
-def clear_cache() -> None:
-    """Forget every decision of this machine (in memory and on disk)."""
-    _memory.clear()
-    _loaded_from.clear()
-    try:
-        cache_path().unlink()
-    except OSError:
-        pass
-
-
-def _timed(fn: Any, x: torch.Tensor, samples: list[float]) -> None:
-    t0 = time.perf_counter()
-    fn(x)
-    samples.append((time.perf_counter() - t0) * 1e3)
-
-
-def _low(samples: list[float]) -> float:
-    """The 20th percentile of ``samples``."""
-    ordered = sorted(samples)
-    return ordered[int(0.2 * (len(ordered) - 1))]
-
-
-def time_paths(kernel: Any, dense: Any, x: torch.Tensor) -> dict[str, float]:
-    """ms of ``kernel(x)`` and ``dense(x)`` (20th percentile and median), timed in interleaved rounds.
-
-    The rounds alternate which path goes first, so that a noisy period hits both alike;
-    the decision compares the medians (``kernel_ms`` / ``dense_ms``: what a caller waits
-    on this machine, tails included; a multi-threaded path can have a good 20th
-    percentile, also returned, and a terrible median under load).
-    """
-    k: list[float] = []
-    d: list[float] = []
-    with torch.inference_mode():
-        for fn in (kernel, dense, kernel, dense):  # warm-up (numba compiles on first call)
-            fn(x)
-        start = time.perf_counter()
-        for r in range(MAX_ROUNDS):
-            first, second = ((kernel, k), (dense, d)) if r % 2 == 0 else ((dense, d), (kernel, k))
-            _timed(first[0], x, first[1])
-            _timed(second[0], x, second[1])
-            if r + 1 >= MIN_ROUNDS and time.perf_counter() - start > BUDGET_S:
-                break
-    return {"kernel_ms": statistics.median(k), "dense_ms": statistics.median(d), "kernel_p20_ms": _low(k),
-            "dense_p20_ms": _low(d)}
+from . import decisions
+from .decisions import (  # noqa: F401 - the cache and timing helpers, re-exported for callers and tests
+    KERNEL_MARGIN,
+    PATHS,
+    _loaded_from,
+    cache_path,
+    clear_cache,
+    fingerprint,
+    stamp,
+    time_paths,
+)
 
 
 class Dispatching(nn.Module):
@@ -214,15 +103,18 @@ class Dispatching(nn.Module):
         if got is not None:
             return got["path"]
         key = f"{self.signature()}|{list(shape)}|{x.dtype}"
-        entry = _cache().get(key)
+        entry = decisions.cached(key)
         if entry is not None:
-            entry = {**entry, "cached": True}
+            check = decisions.holds(entry, self.run_kernel, twin, x)
+            if check.pop("holds"):
+                self.decisions[shape] = {**entry, "cached": True, "verified": check}
+                return entry["path"]
+        entry = decisions.verdict(time_paths(self.run_kernel, twin, x))
+        if entry["clear"]:
+            decisions.store(key, entry)
         else:
-            t = time_paths(self.run_kernel, twin, x)
-            entry = {"path": "kernel" if t["kernel_ms"] <= KERNEL_MARGIN * t["dense_ms"] else "dense", **t}
-            _store(key, entry)
-            entry = {**entry, "cached": False}
-        self.decisions[shape] = entry
+            decisions.forget(key)  # a stale entry, or one the new timing cannot confirm
+        self.decisions[shape] = {**entry, "cached": False}
         return entry["path"]
 
     def _dense_route(self) -> Any:
@@ -412,8 +304,8 @@ def paths(model: nn.Module) -> list[dict[str, Any]]:
     for name, m in dispatching(model):
         decided = [(name, m.decisions, m.forced)]
         decided += [(n, d, None) for n, d in m.__dict__.get("settled", [])]  # a RuntimeModel's settled layers
-        for layer, decisions, forced in decided:
-            for shape, d in decisions.items():
+        for layer, decided_by_shape, forced in decided:
+            for shape, d in decided_by_shape.items():
                 rows.append({"layer": layer, "batch": shape[0] if shape else 1, "input_shape": list(shape),
                              "path": forced or d["path"], "kernel_ms": d.get("kernel_ms"),
                              "dense_ms": d.get("dense_ms"), "cached": bool(d.get("cached"))})

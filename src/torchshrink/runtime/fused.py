@@ -159,9 +159,16 @@ def _chain_of(plain: nn.Module) -> list[tuple[str, str]] | None:
 
 
 def fuse(plain: nn.Module, fast: nn.Module) -> nn.Module:
-    """``fast`` as one :class:`FusedSharedMLP` when ``plain`` is a pure sparse-shared MLP chain."""
+    """``fast`` as one :class:`FusedSharedMLP` when ``plain`` is a pure sparse-shared MLP chain.
+
+    A chain with convolutions and pooling becomes a :class:`~torchshrink.runtime.fused_net.FusedNet`.
+    """
     chain = _chain_of(plain)
-    if not chain or not any(k == "linear" for k, _ in chain):
+    if chain is None:  # a conv net: the whole chain as one program, if it is one
+        from .fused_net import fuse_net
+
+        return fuse_net(plain, fast)
+    if not any(k == "linear" for k, _ in chain):
         return fast
     fast_mods = dict(fast.named_modules())
     flatten = chain[0][0] == "flatten"

@@ -1,0 +1,125 @@
+"""`torchshrink bench` on a file of every shipped recipe, run twice: is the runtime never slower, and repeatable?
+
+For each shipped recipe (or those named by ``--recipes``) the pipeline makes its
+``model.tsk`` quickly, the way ``tests/test_default_recipe.py`` checks every recipe: on
+digits, baseline 1 epoch, each stage's training 3 epochs (``--epochs``), no latency
+measurement in the report. The weights are then not the paper's (short training), but
+the file has the recipe's forms, sparsity pattern kinds and layer shapes, which is what
+the runtime's speed depends on. Then ``torchshrink bench FILE --json`` runs twice, each
+in a fresh process (the second reads the dispatch cache the first wrote and re-verifies
+it, as a user's second run would), and the script prints per recipe and batch size the
+two speedups (decoded dense ms / runtime ms, medians), whether each is >= 1.0 and whether
+the two runs agree within 20 % (``|a - b| / max(a, b) <= 0.2``).
+
+Time it only on a quiet machine (``flock -x /tmp/cpu.lock``); making the files is not
+timed and can run first with ``--make-only``.
+
+Usage: ``python benchmarks/bench_recipes.py [--json] [--recipes a,b] [--batch 1,64] [--epochs 3]
+[--work DIR] [--make-only] [--repeats 100] [--max-seconds 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+#: Runs of bench that differ by more than this fraction (of the larger) disagree.
+AGREEMENT = 0.2
+
+
+def make_file(name: str, work: Path, epochs: int) -> Path:
+    """``work/name/model.tsk`` made by recipe ``name`` with short training on digits (kept if already there)."""
+    from rich.console import Console
+
+    from torchshrink.pipeline import run_recipe
+    from torchshrink.recipe import load_recipe
+
+    out = work / name
+    if (out / "model.tsk").exists():
+        return out / "model.tsk"
+    recipe = load_recipe(name)
+    sets = ["data.name=digits", "data.download=false", "baseline.train.epochs=1", "measure.latency=false"]
+    for i, stage in enumerate(recipe.stages):
+        block = "train" if stage.technique == "small_dense" else "finetune"
+        sets.append(f"stages.{i}.{block}.epochs={epochs}")
+        if stage.technique == "agp":
+            sets += [f"stages.{i}.end_epoch={max(1, epochs - 1)}", f"stages.{i}.frequency=5"]
+        if stage.technique == "magnitude":
+            sets.append(f"stages.{i}.iterations={epochs}")
+    run_recipe(load_recipe(name, sets), out, progress=False, console=Console(file=io.StringIO()))
+    return out / "model.tsk"
+
+
+def bench_once(file: Path, batch: str, repeats: int, max_seconds: float) -> dict:
+    """One ``torchshrink bench --json`` in a fresh process."""
+    cmd = [sys.executable, "-m", "torchshrink.cli", "bench", str(file), "--batch", batch, "--repeats", str(repeats),
+           "--max-seconds", str(max_seconds), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(name: str, runs: list[dict]) -> list[dict]:
+    """One row per batch size: both speedups, never-slower and agreement flags, the paths of the last run."""
+    if any("error" in r for r in runs):
+        return [{"recipe": name, "error": next(r["error"] for r in runs if "error" in r)}]
+    rows = []
+    for a, b in zip(runs[0]["rows"], runs[1]["rows"]):
+        s = [a["speedup"], b["speedup"]]
+        rows.append({"recipe": name, "batch": a["batch"], "speedup": [round(v, 3) for v in s],
+                     "never_slower": min(s) >= 1.0, "agree": abs(s[0] - s[1]) / max(s) <= AGREEMENT,
+                     "noisy": a["noisy"] or b["noisy"], "paths": b["paths"]})
+    return rows
+
+
+def main() -> None:
+    from torchshrink.recipe import shipped_recipes
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipes", default="", help="comma-separated recipe names (default: every shipped recipe)")
+    ap.add_argument("--batch", default="1,64")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs of each stage when making a file")
+    ap.add_argument("--work", type=Path, default=None, help="where the files are made (reused if present)")
+    ap.add_argument("--make-only", action="store_true", help="make the files, time nothing")
+    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--max-seconds", type=float, default=5.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    names = [n for n in args.recipes.split(",") if n] or sorted(shipped_recipes())
+    unknown = sorted(set(names) - set(shipped_recipes()))
+    if unknown:
+        print(f"unknown recipe(s): {', '.join(unknown)}; shipped: {', '.join(sorted(shipped_recipes()))}")
+        sys.exit(2)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-recipes-"))
+    rows: list[dict] = []
+    for name in names:
+        try:
+            file = make_file(name, work, args.epochs)
+        except Exception as e:  # noqa: BLE001 - one recipe failing to build is reported, the others still run
+            rows.append({"recipe": name, "error": f"making the file: {type(e).__name__}: {e}"[:200]})
+            continue
+        if args.make_only:
+            rows.append({"recipe": name, "file": str(file), "bytes": file.stat().st_size})
+            continue
+        rows += compare(name, [bench_once(file, args.batch, args.repeats, args.max_seconds) for _ in range(2)])
+    if args.json:
+        print(json.dumps({"work": str(work), "rows": rows}))
+        return
+    for r in rows:
+        if "speedup" in r:
+            a, b = r["speedup"]
+            print(f"{r['recipe']:28s} b{r['batch']:<3d} {a:6.2f}x {b:6.2f}x  never slower: {r['never_slower']!s:5s} "
+                  f"agree: {r['agree']!s:5s}{'  (noisy)' if r['noisy'] else ''}")
+        else:
+            print(f"{r['recipe']:28s} {r.get('error') or r.get('file')}")
+
+
+if __name__ == "__main__":
+    main()
