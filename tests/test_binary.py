@@ -21,16 +21,10 @@ from torchshrink.quantize.binary import LAB, BinaryWeights, ClipLatent, binarize
 from torchshrink.recipe import load_recipe, parse_recipe
 from torchshrink.runtime import BinaryKernel, binary_matmul, reference_binary_matmul
 from torchshrink.runtime.binary import BinaryWeightConv2d, BinaryWeightLinear
+from torchshrink.runtime.dispatch import force
 from torchshrink.train import TrainConfig, fit
 
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture
-def small_kernels(monkeypatch):
-    """Run the kernels on test-sized layers too (``load`` keeps small layers decoded dense)."""
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_WEIGHTS", 0)
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_OUT", 0)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -171,7 +165,7 @@ def test_kernel_refuses_bad_input_with_a_clear_error() -> None:
         BinaryKernel.from_signs(np.zeros((4, 6), np.uint8), [1.0, 2.0])
 
 
-def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path, small_kernels) -> None:
+def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 256), nn.ReLU(), nn.Linear(256, 200))
     binarize(model, "bwn", layers=["2"])
@@ -181,21 +175,22 @@ def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path, small_kernels) ->
     assert f.nbytes("2.weight") == math.ceil(256 * 200 / 8) + 2 * 200  # 1 bit per weight + fp16 α per channel
     assert np.array_equal(f.array("2.weight"), model[2].weight.detach().numpy())
     skeleton = lambda: nn.Sequential(nn.Linear(30, 256), nn.ReLU(), nn.Linear(256, 200))  # noqa: E731
-    fast, plain = load(f, model=skeleton()), load(f, model=skeleton(), dense=True)
+    fast, plain = force(load(f, model=skeleton()), "kernel"), load(f, model=skeleton(), dense=True)
     assert isinstance(fast[2], BinaryWeightLinear)
     x = torch.randn(5, 30)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=ATOL, rtol=RTOL)
 
 
-def test_conv_runtime_module(tmp_path, small_kernels) -> None:
+def test_conv_runtime_module(tmp_path) -> None:
     torch.manual_seed(0)
 
     def net() -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 128, 3, padding=1))
 
     save(binarize(net(), "connect"), tmp_path / "c.tsk")
-    fast, plain = load(tmp_path / "c.tsk", model=net()), load(tmp_path / "c.tsk", model=net(), dense=True)
+    fast = force(load(tmp_path / "c.tsk", model=net()), "kernel")
+    plain = load(tmp_path / "c.tsk", model=net(), dense=True)
     assert isinstance(fast[2], BinaryWeightConv2d)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():

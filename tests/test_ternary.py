@@ -20,17 +20,11 @@ from torchshrink.pipeline import run_recipe
 from torchshrink.quantize.ternary import TrainedTernary, ttq
 from torchshrink.recipe import load_recipe, parse_recipe
 from torchshrink.runtime import TernaryKernel, reference_ternary_matmul, ternary_matmul
+from torchshrink.runtime.dispatch import calibrate, force, paths
 from torchshrink.runtime.ternary import TernaryConv2d, TernaryLinear
 
 #: Kernel vs reference: float32 sums in another order (and x scaled by Wp, Wn first).
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture
-def small_kernels(monkeypatch):
-    """Run the kernels on test-sized layers too (``load`` keeps small layers decoded dense)."""
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_WEIGHTS", 0)
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_OUT", 0)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -141,7 +135,7 @@ def convnet() -> nn.Sequential:
                          nn.Conv2d(256, 4, 1))
 
 
-def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path, small_kernels) -> None:
+def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path) -> None:
     torch.manual_seed(0)
     model = ttq(wide_mlp(), 0.05)
     info = save(model, tmp_path / "m.tsk")
@@ -153,27 +147,35 @@ def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path, small_kern
     assert f.packed("2.weight")["codes"].shape == (300, 200)
     assert 8 * f.nbytes("2.weight") / 60000 <= 1.6 + 8 * 8 / 60000  # base-3 bytes or Huffman, + two fp32 scales
     assert info.file_bytes == (tmp_path / "m.tsk").stat().st_size
-    fast = load(f, model=wide_mlp())
+    fast = force(load(f, model=wide_mlp()), "kernel")
     assert isinstance(fast[2], TernaryLinear)
     x = torch.randn(9, 30)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), load(f, model=wide_mlp(), dense=True)(x), atol=ATOL, rtol=RTOL)
 
 
-def test_conv_runtime_module_matches_the_decoded_conv(tmp_path, small_kernels) -> None:
+def test_conv_runtime_module_matches_the_decoded_conv(tmp_path) -> None:
     torch.manual_seed(0)
     save(ttq(convnet()), tmp_path / "c.tsk")
-    fast, plain = load(tmp_path / "c.tsk", model=convnet()), load(tmp_path / "c.tsk", model=convnet(), dense=True)
+    fast = force(load(tmp_path / "c.tsk", model=convnet()), "kernel")
+    plain = load(tmp_path / "c.tsk", model=convnet(), dense=True)
     assert isinstance(fast[2], TernaryConv2d)
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=ATOL, rtol=RTOL)
 
 
-def test_small_layers_stay_decoded_dense_at_runtime(tmp_path) -> None:
+def test_small_layers_get_the_kernel_and_the_measured_dispatch_decides(tmp_path) -> None:
     save(ttq(wide_mlp()), tmp_path / "m.tsk")
     fast = load(tmp_path / "m.tsk", model=wide_mlp())
-    assert type(fast[2]) is nn.Linear  # 60k weights: torch's matmul of the decoded weight is faster
+    assert isinstance(fast[2], TernaryLinear)  # no size threshold: 60k weights get the kernel module too
+    calibrate(fast, (30,), batches=(1, 4))
+    decided = {(row["layer"], row["batch"]): row["path"] for row in paths(fast)}
+    assert set(decided.values()) <= {"kernel", "dense"} and {b for _, b in decided} == {1, 4}
+    x = torch.randn(4, 30)
+    with torch.no_grad():
+        by_kernel, by_dense = force(fast, "kernel")(x), force(fast, "dense")(x)
+    torch.testing.assert_close(by_kernel, by_dense, atol=ATOL, rtol=RTOL)
 
 
 def test_bad_parameters_name_the_key() -> None:
@@ -186,7 +188,7 @@ def test_bad_parameters_name_the_key() -> None:
         ttq(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), layers=["0"])
 
 
-def test_recipe_round_trip_on_digits(tmp_path, small_kernels) -> None:
+def test_recipe_round_trip_on_digits(tmp_path) -> None:
     recipe = parse_recipe({"name": "t", "data": {"limit": 200}, "model": {"name": "lenet300"},
                            "baseline": {"train": {"epochs": 3}},
                            "stages": [{"technique": "ttq", "finetune": {"epochs": 1, "optimizer": "adam",

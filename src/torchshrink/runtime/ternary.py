@@ -26,13 +26,6 @@ from .modules import CompressedConv2d, CompressedLinear, im2col_ok
 
 _OWNER = "TernaryKernel"
 _POW = 3 ** np.arange(kern.TRIT_WIDTH, dtype=np.int64)
-#: Layers with fewer weights stay decoded dense (``load`` keeps a plain layer): while the
-#: fp32 weight fits in the L2/L3 caches torch's vectorized FMA matmul of the decoded weight
-#: beats the kernel call and its table building (on the 2-core EPYC: 512 x 1024 is faster
-#: dense, 4096 x 4096 faster here; see benchmarks/kernels.py). Layers with few outputs
-#: (ResNet-20's <= 64 channels) pay the table (243 or 256 entries per group) for too few rows.
-MIN_KERNEL_WEIGHTS = 1 << 21
-MIN_KERNEL_OUT = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,9 +120,11 @@ class TernaryConv2d(CompressedConv2d):
 
 
 def kernel_module(layer: nn.Module, weight: Any, linear: type, conv: type) -> nn.Module | None:
-    """``linear(weight, bias)`` / ``conv(layer, weight, bias)`` for a Linear / Conv2d big enough to gain, else None."""
-    if weight.out_features * weight.in_features < MIN_KERNEL_WEIGHTS or weight.out_features < MIN_KERNEL_OUT:
-        return None
+    """``linear(weight, bias)`` / ``conv(layer, weight, bias)`` for a Linear / Conv2d, else None.
+
+    Every size gets its runtime module: the measured dispatch (:mod:`.dispatch`) then runs
+    the kernel or the decoded dense twin per layer and input shape, whichever is faster here.
+    """
     if isinstance(layer, nn.Linear):
         return linear(weight, layer.bias)
     if isinstance(layer, nn.Conv2d) and im2col_ok(layer):
