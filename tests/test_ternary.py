@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from torchshrink.pipeline import run_recipe
 from torchshrink.quantize.ternary import TrainedTernary, ttq
 from torchshrink.recipe import load_recipe, parse_recipe
 from torchshrink.runtime import TernaryKernel, reference_ternary_matmul, ternary_matmul
+from torchshrink.format.streams import Options
+from torchshrink.runtime import _lut_kernels as kern
 from torchshrink.runtime.dispatch import calibrate, force, paths
 from torchshrink.runtime.ternary import TernaryConv2d, TernaryLinear
 
@@ -208,3 +211,29 @@ def test_recipe_round_trip_on_digits(tmp_path) -> None:
 def test_shipped_recipe_parses_and_selects_resnet_variants() -> None:
     r = load_recipe("zhu2016_ttq_resnet20", ["data.name=digits", "model.name=resnet44"])
     assert r.model.name == "resnet44" and r.stages[0].technique == "ttq"
+
+
+@pytest.mark.parametrize("shape", [(16, 128), (33, 300), (300, 64)])
+def test_both_batch1_paths_match_the_reference(shape: tuple[int, int]) -> None:
+    """The VPERMPS kernel (AVX-512, two bit planes) and the portable gather kernel agree with the decoded weight."""
+    g = np.random.default_rng(shape[0])
+    codes = g.choice(3, size=shape, p=[0.4, 0.3, 0.3]).astype(np.uint8)
+    w = TernaryKernel.from_codes(codes, np.array([0.7, 0.3], np.float32))
+    assert (w.words is not None) == kern.HAS_PERMVAR
+    x = torch.randn(1, shape[1])
+    want = reference_ternary_matmul(x, w)
+    for path in (w, replace(w, words=None)):
+        torch.testing.assert_close(ternary_matmul(x, path), want, atol=ATOL, rtol=RTOL)
+
+
+def test_scales_are_inline_and_older_files_with_a_scales_stream_still_decode() -> None:
+    form = FORMS["ternary"]
+    value = {"form": "ternary", "shape": [2, 5], "codes": np.array([[0, 1, 2, 1, 0], [2, 2, 0, 0, 1]], np.uint8),
+             "scales": np.array([0.1, 0.3], np.float32)}
+    enc = form.encode(value, None, Options())
+    assert [s.role for s in enc.streams] == ["codes"] and enc.params["inline"] == 1
+    streams = {"codes": to_symbols(value["codes"]), "scales": value["scales"]}
+    for params in (enc.params, {"group": 5, "wp": 0.1, "wn": 0.3}):
+        rec = {"shape": [2, 5], "params": params, "streams": dict.fromkeys(form.roles(params, "w"), {})}
+        got = form.decode(lambda role, shape=None, ndim=None: streams[role], rec)
+        assert np.array_equal(got["scales"], value["scales"]) and np.array_equal(got["codes"], value["codes"])
