@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,17 +21,12 @@ from torchshrink.pipeline import run_recipe
 from torchshrink.quantize.binary import LAB, BinaryWeights, ClipLatent, binarize, glorot_scale, lab_alpha
 from torchshrink.recipe import load_recipe, parse_recipe
 from torchshrink.runtime import BinaryKernel, binary_matmul, reference_binary_matmul
+from torchshrink.runtime import _lut_kernels as kern
 from torchshrink.runtime.binary import BinaryWeightConv2d, BinaryWeightLinear
+from torchshrink.runtime.dispatch import force
 from torchshrink.train import TrainConfig, fit
 
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture
-def small_kernels(monkeypatch):
-    """Run the kernels on test-sized layers too (``load`` keeps small layers decoded dense)."""
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_WEIGHTS", 0)
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_OUT", 0)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -171,7 +167,7 @@ def test_kernel_refuses_bad_input_with_a_clear_error() -> None:
         BinaryKernel.from_signs(np.zeros((4, 6), np.uint8), [1.0, 2.0])
 
 
-def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path, small_kernels) -> None:
+def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 256), nn.ReLU(), nn.Linear(256, 200))
     binarize(model, "bwn", layers=["2"])
@@ -181,21 +177,22 @@ def test_file_is_one_bit_per_weight_and_runs_exactly(tmp_path, small_kernels) ->
     assert f.nbytes("2.weight") == math.ceil(256 * 200 / 8) + 2 * 200  # 1 bit per weight + fp16 α per channel
     assert np.array_equal(f.array("2.weight"), model[2].weight.detach().numpy())
     skeleton = lambda: nn.Sequential(nn.Linear(30, 256), nn.ReLU(), nn.Linear(256, 200))  # noqa: E731
-    fast, plain = load(f, model=skeleton()), load(f, model=skeleton(), dense=True)
+    fast, plain = force(load(f, model=skeleton()), "kernel"), load(f, model=skeleton(), dense=True)
     assert isinstance(fast[2], BinaryWeightLinear)
     x = torch.randn(5, 30)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=ATOL, rtol=RTOL)
 
 
-def test_conv_runtime_module(tmp_path, small_kernels) -> None:
+def test_conv_runtime_module(tmp_path) -> None:
     torch.manual_seed(0)
 
     def net() -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 128, 3, padding=1))
 
     save(binarize(net(), "connect"), tmp_path / "c.tsk")
-    fast, plain = load(tmp_path / "c.tsk", model=net()), load(tmp_path / "c.tsk", model=net(), dense=True)
+    fast = force(load(tmp_path / "c.tsk", model=net()), "kernel")
+    plain = load(tmp_path / "c.tsk", model=net(), dense=True)
     assert isinstance(fast[2], BinaryWeightConv2d)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
@@ -232,3 +229,61 @@ def test_comparison_table_with_full_precision_row(tmp_path) -> None:
 def test_shipped_recipe_parses_on_mnist_and_a_cnn() -> None:
     r = load_recipe("hou2017_lab", ["data.name=mnist", "model.name=lenet5"])
     assert [m.method for m in r.stages[0].methods] == ["connect", "bwn", "lab"]
+
+
+@pytest.mark.parametrize("shape", [(16, 128), (33, 300), (300, 64)])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_both_batch1_paths_match_the_reference(shape: tuple[int, int], per_channel: bool) -> None:
+    """The VPERMPS kernel (AVX-512, bit planes) and the portable gather kernel agree with the decoded weight."""
+    g = np.random.default_rng(shape[0])
+    positive = g.integers(0, 2, shape).astype(np.uint8)
+    w = BinaryKernel.from_signs(positive, (g.random(shape[0] if per_channel else 1) + 0.1).astype(np.float32))
+    assert (w.words is not None) == kern.HAS_PERMVAR
+    x = torch.randn(1, shape[1])
+    want = reference_binary_matmul(x, w)
+    for path in (w, replace(w, words=None)):
+        torch.testing.assert_close(binary_matmul(x, path), want, atol=ATOL, rtol=RTOL)
+
+
+def test_bit_planes_hold_row_bits_by_32_input_words() -> None:
+    positive = np.zeros((3, 40), np.uint8)
+    positive[1, 33] = 1
+    words = kern.bit_planes(positive)
+    assert words.shape == (1, kern.PERM_WORDS, kern.PERM_ROWS)  # inputs padded to 128, rows to 16
+    assert words[0, 1, 1] == 1 << 1 and np.count_nonzero(words) == 1
+
+
+def test_half_bias_trains_fp16_values_and_the_file_stores_them_exactly_in_16_bits(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = binarize(mlp(), "lab", half_bias=True)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 12)).square().sum().backward()
+        opt.step()
+    latent = original(model[0], "bias")
+    assert latent.grad is not None and latent.grad.abs().sum() > 0  # straight-through to the fp32 latent bias
+    bias = model[0].bias.detach()
+    assert torch.equal(bias, bias.half().float()) and not torch.equal(latent.detach(), bias)
+    info = save(model, tmp_path / "h.tsk")
+    f = read_tsk(tmp_path / "h.tsk")
+    assert info.codecs["0.bias"] == "dense:fp16(exact)" and f.nbytes("0.bias") == 2 * 20
+    assert torch.equal(f.tensor("0.bias"), bias) and f.tensor("0.bias").dtype == torch.float32
+    assert f.record("0.weight")["params"]["inline"] == 1 and set(f.record("0.weight")["streams"]) == {"positive"}
+    assert np.array_equal(f.array("0.weight"), model[0].weight.detach().numpy())
+
+
+def test_a_per_layer_alpha_stream_of_older_files_still_decodes() -> None:
+    form = FORMS["binary"]
+    alpha = np.array([0.375], np.float32)
+    streams = {"positive": np.array([[1, 0, 1]], np.uint8), "alpha": alpha}
+    rec = {"shape": [1, 3], "params": {"alpha": 0.375}, "streams": {"positive": {}, "alpha": {}}}
+    got = form.decode(lambda role, shape=None, ndim=None: streams[role], rec)
+    assert np.array_equal(got["alpha"], alpha) and set(form.roles(rec["params"], "w")) == {"positive", "alpha"}
+    assert set(form.roles({"alpha": 0.375, "inline": 1}, "w")) == {"positive"}
+
+
+def test_shipped_recipe_compares_the_mlp_and_the_cnn() -> None:
+    r = load_recipe("hou2017_lab")
+    assert r.model.name == "lenet300" and r.stages[0].models == ["lenet5"]
+    assert r.stages[0].report_key == "comparison"

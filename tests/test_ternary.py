@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,17 +21,13 @@ from torchshrink.pipeline import run_recipe
 from torchshrink.quantize.ternary import TrainedTernary, ttq
 from torchshrink.recipe import load_recipe, parse_recipe
 from torchshrink.runtime import TernaryKernel, reference_ternary_matmul, ternary_matmul
+from torchshrink.format.streams import Options
+from torchshrink.runtime import _lut_kernels as kern
+from torchshrink.runtime.dispatch import calibrate, force, paths
 from torchshrink.runtime.ternary import TernaryConv2d, TernaryLinear
 
 #: Kernel vs reference: float32 sums in another order (and x scaled by Wp, Wn first).
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture
-def small_kernels(monkeypatch):
-    """Run the kernels on test-sized layers too (``load`` keeps small layers decoded dense)."""
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_WEIGHTS", 0)
-    monkeypatch.setattr("torchshrink.runtime.ternary.MIN_KERNEL_OUT", 0)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -141,7 +138,7 @@ def convnet() -> nn.Sequential:
                          nn.Conv2d(256, 4, 1))
 
 
-def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path, small_kernels) -> None:
+def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path) -> None:
     torch.manual_seed(0)
     model = ttq(wide_mlp(), 0.05)
     info = save(model, tmp_path / "m.tsk")
@@ -153,27 +150,35 @@ def test_file_round_trip_is_exact_and_stores_under_two_bits(tmp_path, small_kern
     assert f.packed("2.weight")["codes"].shape == (300, 200)
     assert 8 * f.nbytes("2.weight") / 60000 <= 1.6 + 8 * 8 / 60000  # base-3 bytes or Huffman, + two fp32 scales
     assert info.file_bytes == (tmp_path / "m.tsk").stat().st_size
-    fast = load(f, model=wide_mlp())
+    fast = force(load(f, model=wide_mlp()), "kernel")
     assert isinstance(fast[2], TernaryLinear)
     x = torch.randn(9, 30)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), load(f, model=wide_mlp(), dense=True)(x), atol=ATOL, rtol=RTOL)
 
 
-def test_conv_runtime_module_matches_the_decoded_conv(tmp_path, small_kernels) -> None:
+def test_conv_runtime_module_matches_the_decoded_conv(tmp_path) -> None:
     torch.manual_seed(0)
     save(ttq(convnet()), tmp_path / "c.tsk")
-    fast, plain = load(tmp_path / "c.tsk", model=convnet()), load(tmp_path / "c.tsk", model=convnet(), dense=True)
+    fast = force(load(tmp_path / "c.tsk", model=convnet()), "kernel")
+    plain = load(tmp_path / "c.tsk", model=convnet(), dense=True)
     assert isinstance(fast[2], TernaryConv2d)
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=ATOL, rtol=RTOL)
 
 
-def test_small_layers_stay_decoded_dense_at_runtime(tmp_path) -> None:
+def test_small_layers_get_the_kernel_and_the_measured_dispatch_decides(tmp_path) -> None:
     save(ttq(wide_mlp()), tmp_path / "m.tsk")
     fast = load(tmp_path / "m.tsk", model=wide_mlp())
-    assert type(fast[2]) is nn.Linear  # 60k weights: torch's matmul of the decoded weight is faster
+    assert isinstance(fast[2], TernaryLinear)  # no size threshold: 60k weights get the kernel module too
+    calibrate(fast, (30,), batches=(1, 4))
+    decided = {(row["layer"], row["batch"]): row["path"] for row in paths(fast)}
+    assert set(decided.values()) <= {"kernel", "dense"} and {b for _, b in decided} == {1, 4}
+    x = torch.randn(4, 30)
+    with torch.no_grad():
+        by_kernel, by_dense = force(fast, "kernel")(x), force(fast, "dense")(x)
+    torch.testing.assert_close(by_kernel, by_dense, atol=ATOL, rtol=RTOL)
 
 
 def test_bad_parameters_name_the_key() -> None:
@@ -186,7 +191,7 @@ def test_bad_parameters_name_the_key() -> None:
         ttq(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), layers=["0"])
 
 
-def test_recipe_round_trip_on_digits(tmp_path, small_kernels) -> None:
+def test_recipe_round_trip_on_digits(tmp_path) -> None:
     recipe = parse_recipe({"name": "t", "data": {"limit": 200}, "model": {"name": "lenet300"},
                            "baseline": {"train": {"epochs": 3}},
                            "stages": [{"technique": "ttq", "finetune": {"epochs": 1, "optimizer": "adam",
@@ -206,3 +211,29 @@ def test_recipe_round_trip_on_digits(tmp_path, small_kernels) -> None:
 def test_shipped_recipe_parses_and_selects_resnet_variants() -> None:
     r = load_recipe("zhu2016_ttq_resnet20", ["data.name=digits", "model.name=resnet44"])
     assert r.model.name == "resnet44" and r.stages[0].technique == "ttq"
+
+
+@pytest.mark.parametrize("shape", [(16, 128), (33, 300), (300, 64)])
+def test_both_batch1_paths_match_the_reference(shape: tuple[int, int]) -> None:
+    """The VPERMPS kernel (AVX-512, two bit planes) and the portable gather kernel agree with the decoded weight."""
+    g = np.random.default_rng(shape[0])
+    codes = g.choice(3, size=shape, p=[0.4, 0.3, 0.3]).astype(np.uint8)
+    w = TernaryKernel.from_codes(codes, np.array([0.7, 0.3], np.float32))
+    assert (w.words is not None) == kern.HAS_PERMVAR
+    x = torch.randn(1, shape[1])
+    want = reference_ternary_matmul(x, w)
+    for path in (w, replace(w, words=None)):
+        torch.testing.assert_close(ternary_matmul(x, path), want, atol=ATOL, rtol=RTOL)
+
+
+def test_scales_are_inline_and_older_files_with_a_scales_stream_still_decode() -> None:
+    form = FORMS["ternary"]
+    value = {"form": "ternary", "shape": [2, 5], "codes": np.array([[0, 1, 2, 1, 0], [2, 2, 0, 0, 1]], np.uint8),
+             "scales": np.array([0.1, 0.3], np.float32)}
+    enc = form.encode(value, None, Options())
+    assert [s.role for s in enc.streams] == ["codes"] and enc.params["inline"] == 1
+    streams = {"codes": to_symbols(value["codes"]), "scales": value["scales"]}
+    for params in (enc.params, {"group": 5, "wp": 0.1, "wn": 0.3}):
+        rec = {"shape": [2, 5], "params": params, "streams": dict.fromkeys(form.roles(params, "w"), {})}
+        got = form.decode(lambda role, shape=None, ndim=None: streams[role], rec)
+        assert np.array_equal(got["scales"], value["scales"]) and np.array_equal(got["codes"], value["codes"])

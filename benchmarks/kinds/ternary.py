@@ -3,7 +3,8 @@
 The weight is packed by :class:`torchshrink.quantize.TrainedTernary` from a Gaussian
 matrix (t = 0.05 leaves ~20 % zeros; the kernel's speed does not depend on the values);
 ``torchshrink`` is :func:`torchshrink.runtime.ternary_matmul` on the kernel layout that
-``from_packed`` builds. ``dense``/``bf16``/``int8`` are ``_timing.baselines`` on the decoded
+``from_packed`` builds (batch 1: the VPERMPS bit-plane kernel on AVX-512 CPUs, the
+gather kernel elsewhere). ``dense``/``bf16``/``int8`` are ``_timing.baselines`` on the decoded
 weight (``torch._int_mm`` where this torch has it; the input's quantization is timed).
 """
 

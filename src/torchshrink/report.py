@@ -126,14 +126,17 @@ def print_report(report: Mapping[str, Any], console: Console | None = None) -> N
 
 
 def _comparison_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """A compare stage's rows (``report_key: comparison``): method, accuracy, file bytes, ratio."""
+    """A compare stage's rows (``report_key: comparison``): [model,] method, accuracy, file bytes, ratio."""
     t = Table(title="Comparison (each method on a copy of the baseline)")
+    by_model = any("model" in r for r in rows)
+    if by_model:
+        t.add_column("model")
     t.add_column("method")
     for col in ("accuracy", "file bytes", "vs fp32 state dict"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(str(r.get("method")), _pct(r.get("accuracy")), _int(r.get("file_bytes")),
-                  "—" if r.get("ratio") is None else f"{r['ratio']:.1f}x")
+        t.add_row(*([str(r.get("model"))] if by_model else []), str(r.get("method")), _pct(r.get("accuracy")),
+                  _int(r.get("file_bytes")), "—" if r.get("ratio") is None else f"{r['ratio']:.1f}x")
     return t
 
 

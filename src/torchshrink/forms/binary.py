@@ -6,8 +6,12 @@ Packed kind ``"binary"``::
     W = where(positive, α, -α)        # n = out: α per output channel (BWN); n = 1: one per layer
 
 Streams: ``positive``, one bit per weight (bit-packed; signs are near balanced, so
-Huffman never pays), and ``alpha`` (fp16 when every value is exactly a float16, as BWN's
-rounded per-channel scales are, else fp32). This is the form for float activations; the
+Huffman never pays), and, for α per channel, ``alpha`` (fp16 when every value is exactly
+a float16, as BWN's rounded per-channel scales are, else fp32). A per-layer α lives in
+the record's params instead (``{"alpha": α, "inline": 1}``; a float32 value written as
+JSON reads back bit for bit), which saves a stream record, its checksum and its blob
+span: on a 50k-weight MLP the header is a tenth of the file. Files whose per-layer α
+is an ``alpha`` stream (no ``inline``) still load. This is the form for float activations; the
 ±1-activation networks of Bitwise NNs have their own form. The runtime module computes
 sums of activations over the positive and negative sets by table lookups, then one
 scale per output (:mod:`torchshrink.runtime.binary`).
@@ -26,6 +30,14 @@ from ..format.streams import FLOAT_CODECS, Encoded, Options, float_stream, int_s
 from .base import Form, StreamReader, codes, floats, get
 
 
+def inline_floats(params: Mapping[str, Any], keys: tuple[str, ...], form: str) -> np.ndarray:
+    """The float32 values a record holds in its params under ``keys`` (finite JSON numbers)."""
+    values = [params.get(k) for k in keys]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+        raise TskFormatError(f"a {form} record's params {list(keys)} must be finite numbers; the file is corrupted.")
+    return np.array(values, np.float32)
+
+
 def alpha_of(packed: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
     """The validated α of a binary packed value, shaped to broadcast along the output dimension."""
     alpha = floats(get(packed, "alpha", "binary"), "The 'binary' alpha", 1)
@@ -42,17 +54,24 @@ class Binary(Form):
     ROLES = {"positive": ("bitpack",), "alpha": FLOAT_CODECS}
     weight_role = "positive"
 
+    def roles(self, params: Mapping[str, Any], name: str) -> dict[str, tuple[str, ...]]:
+        return {"positive": self.ROLES["positive"]} if params.get("inline") == 1 else self.ROLES
+
     def encode(self, value: dict, plan: Any, opts: Options) -> Encoded:
         alpha = np.ascontiguousarray(value["alpha"], dtype=np.float32).reshape(-1)
-        params: dict[str, Any] = {"alpha": float(alpha[0])} if alpha.size == 1 else {"alpha_mean": float(alpha.mean())}
+        positive = int_stream("positive", value["positive"], 1, False)
+        if alpha.size == 1:  # exact: float(np.float32) -> JSON -> float32 is the identity
+            return Encoded("binary", "binary(1b)", {"alpha": float(alpha[0]), "inline": 1}, [positive])
         half = bool(np.array_equal(alpha.astype(np.float16).astype(np.float32), alpha))  # exact in fp16 (BWN's α)
-        return Encoded("binary", "binary(1b)" + ("" if alpha.size == 1 else ",alpha/channel"), params,
-                       [int_stream("positive", value["positive"], 1, False),
-                        float_stream("alpha", alpha, "float16" if half and alpha.size > 1 else None)])
+        return Encoded("binary", "binary(1b),alpha/channel", {"alpha_mean": float(alpha.mean())},
+                       [positive, float_stream("alpha", alpha, "float16" if half else None)])
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
-        return {"form": "binary", "shape": rec["shape"], "positive": read("positive", rec["shape"]),
-                "alpha": read("alpha", ndim=1).astype(np.float32)}  # fp16 where that was exact
+        if rec["params"].get("inline") == 1:
+            alpha = inline_floats(rec["params"], ("alpha",), "binary")
+        else:
+            alpha = read("alpha", ndim=1).astype(np.float32)  # fp16 where that was exact
+        return {"form": "binary", "shape": rec["shape"], "positive": read("positive", rec["shape"]), "alpha": alpha}
 
     def unpack(self, packed: Mapping[str, Any]) -> np.ndarray:
         shape, _ = check_shape(get(packed, "shape", "binary"))

@@ -1,4 +1,12 @@
-"""``dense``: the tensor's values as they are (fp32 / fp16 floats, any other dtype raw)."""
+"""``dense``: the tensor's values as they are (fp32 / fp16 floats, any other dtype raw).
+
+A float32 vector (0 or 1 dimensions: biases, norm scales) whose every value is exactly
+a float16 (bit for bit after the round trip, so -0.0 stays -0.0) is stored in 16 bits:
+exact, half the bytes. Biases trained fp16-representable (``half_bias`` of the ternary
+and binary stages) get it, as do all-zero biases; forcing ``dense`` keeps 32 bits.
+Matrices are left to the forms of their quantizers (an fp16-exact codebook weight is
+stored by its packed form, which its runtime module runs).
+"""
 
 from __future__ import annotations
 
@@ -20,8 +28,16 @@ def encode_raw(arr: np.ndarray, dtype_name: str) -> Stream:
     return Stream("data", data, {"codec": "raw", "dtype": dtype_name, "shape": list(arr.shape)}, 8 * arr.itemsize)
 
 
+def fp16_exact(x: np.ndarray) -> bool:
+    """True when every float32 value of ``x`` is a float16 value (bit for bit after the round trip)."""
+    x = np.asarray(x, np.float32)
+    with np.errstate(over="ignore"):
+        back = x.astype(np.float16).astype(np.float32)
+    return x.size > 0 and bool(np.array_equal(back.view(np.uint32), x.view(np.uint32)))
+
+
 class Dense(Form):
-    """One ``data`` stream: ``dense`` floats (``fp16`` only when forced: lossy) or ``raw`` bytes."""
+    """One ``data`` stream: ``dense`` floats (``fp16`` when forced -- lossy -- or exact) or ``raw`` bytes."""
 
     name = "dense"
     selected_by = ("dense", "fp16")
@@ -35,6 +51,8 @@ class Dense(Form):
             return Encoded("dense", f"raw:{dtype}", streams=[encode_raw(x, dtype)])
         if opts.codec == "fp16":
             return Encoded("dense", "dense:fp16", streams=[float_stream("data", x, "float16")])
+        if dtype == "float32" and opts.codec == "auto" and x.ndim <= 1 and fp16_exact(x):
+            return Encoded("dense", "dense:fp16(exact)", streams=[float_stream("data", x, "float16")])
         label = "dense" if dtype == "float32" else f"dense:{dtype}"
         return Encoded("dense", label, streams=[float_stream("data", x)])
 

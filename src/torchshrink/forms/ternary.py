@@ -10,8 +10,11 @@ into base-3 symbols ``s = c0 + 3 c1 + 9 c2 + 27 c3 + 81 c4 < 243`` (the last gro
 with zero codes), one byte for five weights: 1.6 bits per weight instead of 2. TTQ leaves
 many zeros, so the symbols' histogram is far from flat; the ``codes`` stream is
 canonical-Huffman coded where that is smaller (the exact sizes are computed from the
-histogram), which brings the zero/sign information close to its entropy. ``scales`` is
-one fp32 stream of two values. The runtime module runs the codes without multiplying by a
+histogram), which brings the zero/sign information close to its entropy. The scales
+Wp, Wn live in the record's params (``{"group": 5, "wp": Wp, "wn": Wn, "inline": 1}``; a
+float32 value written as JSON reads back bit for bit), not in a stream of their own,
+which saves a stream record, its checksum and its blob span. Files with a ``scales``
+stream (no ``inline``) still load. The runtime module runs the codes without multiplying by a
 weight (:mod:`torchshrink.runtime.ternary`).
 """
 
@@ -24,8 +27,9 @@ import numpy as np
 from torch import nn
 
 from ..format.errors import TskFormatError, check_shape
-from ..format.streams import FLOAT_CODECS, INT_CODECS, Encoded, Options, float_stream, int_choice, int_stream
+from ..format.streams import FLOAT_CODECS, INT_CODECS, Encoded, Options, int_choice, int_stream
 from .base import Form, StreamReader, codes, floats, get
+from .binary import inline_floats
 
 #: Codes per base-3 symbol (3^5 = 243 <= 256: one byte).
 GROUP = 5
@@ -60,6 +64,9 @@ class Ternary(Form):
     ROLES = {"scales": FLOAT_CODECS, "codes": INT_CODECS}
     weight_role = "codes"
 
+    def roles(self, params: Mapping[str, Any], name: str) -> dict[str, tuple[str, ...]]:
+        return {"codes": self.ROLES["codes"]} if params.get("inline") == 1 else self.ROLES
+
     def plan(self, value: dict, opts: Options) -> tuple[int, Any] | None:
         symbols = to_symbols(value["codes"])
         hist = None if opts.huffman is False else np.bincount(symbols, minlength=3**GROUP)
@@ -72,15 +79,17 @@ class Ternary(Form):
         symbols, huff = plan
         scales = np.ascontiguousarray(value["scales"], dtype=np.float32)
         label = "ternary(1.6b)" + ("+huffman" if huff else "")
-        return Encoded("ternary", label, {"group": GROUP, "wp": float(scales[0]), "wn": float(scales[1])},
-                       [float_stream("scales", scales), int_stream("codes", symbols, 8, huff)])
+        return Encoded("ternary", label, {"group": GROUP, "wp": float(scales[0]), "wn": float(scales[1]), "inline": 1},
+                       [int_stream("codes", symbols, 8, huff)])
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
         shape, count = check_shape(rec["shape"])
         if rec.get("params", {}).get("group") != GROUP:
             raise TskFormatError(f"a ternary record must have params.group = {GROUP}; the file is corrupted.")
         trits = from_symbols(read("codes", [-(-count // GROUP)]), count)
-        return {"form": "ternary", "shape": list(shape), "codes": trits.reshape(shape), "scales": read("scales", [2])}
+        params = rec["params"]
+        scales = inline_floats(params, ("wp", "wn"), "ternary") if params.get("inline") == 1 else read("scales", [2])
+        return {"form": "ternary", "shape": list(shape), "codes": trits.reshape(shape), "scales": scales}
 
     def unpack(self, packed: Mapping[str, Any]) -> np.ndarray:
         shape, _ = check_shape(get(packed, "shape", "ternary"))

@@ -39,6 +39,7 @@ from ..core.technique import LayerStage, Step, Technique
 from ..core.transform import WeightTransform, attach, iter_transforms, original, packer
 from ..errors import ModelError, RecipeError
 from ..train import Callback, TrainContext
+from .half_bias import half_biases
 from .ternary import first_last
 
 METHOD = OneOf(("connect", "bwn", "lab"))
@@ -183,8 +184,12 @@ def binarize(
     layers: Sequence[str] | str | None = None,
     exclude: Sequence[str] | str | None = None,
     keep_first_last: bool = False,
+    half_bias: bool = False,
 ) -> nn.Module:
     """Attach :class:`BinaryWeights` to the selected layers of ``model`` (in place).
+
+    With ``half_bias`` their biases are trained float16-representable
+    (:mod:`~torchshrink.quantize.half_bias`), so the file stores them exactly in 16 bits.
 
     ``connect`` starts its latent weights clipped to ``[-H, H]`` (``scale``: ``"glorot"`` or
     ``"one"``); ``lab`` starts with ``α = mean|w|`` (uniform ``d``) until Adam's first step.
@@ -211,6 +216,8 @@ def binarize(
         else:
             alpha = float(w.abs().mean())
         attach(layer, BinaryWeights(method, alpha, stochastic=stochastic).to(w.device))
+    if half_bias:
+        half_biases([layer for _, layer in chosen])
     return model
 
 
@@ -223,6 +230,8 @@ class BinarySpec(LayerStage):
     stochastic: bool = Field(False, description="BinaryConnect's stochastic binarization")
     scale: Literal["glorot", "one"] = Field("glorot", description="BinaryConnect's H: Glorot scale or 1")
     keep_first_last: bool = Field(False, description="leave the first and last layer full precision")
+    half_bias: bool = Field(True, description="train the binarized layers' biases float16-representable "
+                            "(stored exactly in 16 bits)")
 
 
 def _apply(ctx: Any, spec: BinarySpec, finetune: Any) -> Step:
@@ -232,7 +241,7 @@ def _apply(ctx: Any, spec: BinarySpec, finetune: Any) -> Step:
     if spec.stochastic and spec.method != "connect":
         raise RecipeError("stochastic: true applies to method 'connect' only")
     binarize(ctx.model, spec.method, stochastic=spec.stochastic, scale=spec.scale, layers=spec.layers,
-             exclude=spec.exclude, keep_first_last=spec.keep_first_last)
+             exclude=spec.exclude, keep_first_last=spec.keep_first_last, half_bias=spec.half_bias)
     callbacks: list[Callback] = {"connect": [ClipLatent()], "lab": [LAB()], "bwn": []}[spec.method]
     return Step(callbacks=callbacks)
 

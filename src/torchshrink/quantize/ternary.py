@@ -41,6 +41,7 @@ from ..core.select import select_layers
 from ..core.technique import LayerStage, Step, Technique
 from ..core.transform import WeightTransform, attach, original, packer
 from ..errors import ModelError
+from .half_bias import half_biases
 
 #: t in Δ = t · max|w̃| (the paper's 0.05).
 THRESHOLD = Interval(float, 0.0, 1.0, "left")
@@ -121,12 +122,15 @@ def ttq(
     layers: Sequence[str] | str | None = None,
     exclude: Sequence[str] | str | None = None,
     keep_first_last: bool = True,
+    half_bias: bool = False,
 ) -> nn.Module:
     """Attach :class:`TrainedTernary` to the selected layers of ``model`` (in place).
 
     Each latent weight is divided by its ``max|w|`` (TTQ §3); ``Wp``/``Wn`` start at the mean
     magnitude of the original weights above / below ``±Δ``. With ``keep_first_last`` the
-    model's first and last linear/conv layers stay full precision (TTQ §4).
+    model's first and last linear/conv layers stay full precision (TTQ §4). With
+    ``half_bias`` their biases are trained float16-representable
+    (:mod:`~torchshrink.quantize.half_bias`), stored exactly in 16 bits.
     """
     threshold = check(threshold, "threshold", "ttq", THRESHOLD)
     chosen = select_layers(model, layers, exclude)
@@ -151,6 +155,8 @@ def ttq(
         wn = float(-w[neg].mean()) if bool(neg.any()) else float(scale) / 2
         w.copy_(latent)
         attach(layer, TrainedTernary(wp, wn, threshold).to(w.device))
+    if half_bias:
+        half_biases([layer for _, layer in chosen])
     return model
 
 
@@ -161,10 +167,13 @@ class TTQSpec(LayerStage):
     technique: Literal["ttq"]
     threshold: float = THRESHOLD.field(DEFAULT_THRESHOLD, description="t in Δ = t·max|w̃|")
     keep_first_last: bool = Field(True, description="leave the first and last layer full precision")
+    half_bias: bool = Field(True, description="train the ternary layers' biases float16-representable "
+                            "(stored exactly in 16 bits)")
 
 
 def _apply(ctx: Any, spec: TTQSpec, finetune: Any) -> Step:
-    ttq(ctx.model, spec.threshold, layers=spec.layers, exclude=spec.exclude, keep_first_last=spec.keep_first_last)
+    ttq(ctx.model, spec.threshold, layers=spec.layers, exclude=spec.exclude, keep_first_last=spec.keep_first_last,
+        half_bias=spec.half_bias)
     return Step()
 
 

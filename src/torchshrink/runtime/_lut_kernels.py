@@ -18,7 +18,9 @@ per input. Ternary scales ``x`` by Wp and Wn once per input (two multiplications
 input, none per weight). Codes are stored group-major, ``codes_t[g, o]``, so for one
 group the codes of consecutive rows are contiguous.
 
-* Batch 1 (:func:`lut_matvec`): groups go ``SUM_GROUP`` at a time; their tables (8 x 243
+* Batch 1 on AVX-512 (:func:`perm_matvec`, below): groups of 4 inputs whose 16-entry
+  tables sit in registers and VPERMPS looks up 16 rows at once (no gathers).
+* Batch 1 elsewhere (:func:`lut_matvec`): groups go ``SUM_GROUP`` at a time; their tables (8 x 243
   or 8 x 256 floats, at most 8 KB) stay in L1 while a loop over the rows, vectorized
   across rows (gathers), adds the ``SUM_GROUP`` entries to the row's output. Threads
   split the groups and sum private partial outputs.
@@ -33,7 +35,11 @@ the arrays ``noalias``) and full blocks use constant trip counts.
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
 TERNARY, BINARY = 0, 1
 #: Inputs per code and table entries per group, by kind.
@@ -239,3 +245,133 @@ def lut_matmul(x, codes_t, scales, kind, y, threads):
                     y[b0 + b, o] = acc
                 else:
                     y[b0 + b, o] = acc * scales[o * stride]
+
+
+# ---------------------------------------------------------------- batch 1 on AVX-512: 16-entry tables in registers
+#
+# The gathers above cost one load per (group, row): 2M loads for a 4096 x 4096 binary
+# matrix, which bounds lut_matvec at about one table entry per cycle. With groups of 4
+# inputs a group's table has 16 float32 entries, one AVX-512 register, and VPERMPS looks
+# up 16 rows' entries at once from 16 4-bit codes: 64 weights per instruction, no gather.
+# A weight is stored as bit planes, ``words[p, k, o]`` (int32) holding 32 bits of row
+# ``o`` for inputs ``32k .. 32k+31`` (LSB first; plane 0 "positive", plane 1 "negative" for
+# ternary), so nibble ``q`` of a word is the 4-bit code of group ``8k + q``, and for one
+# ``k`` the words of 16 consecutive rows are one vector load. ``T[g, c] = Σ_{bit i of c}
+# x[4g + i]`` (additions only); per plane ``S_o = Σ_g T[g, code]``, then binary
+# ``y = α (2 S - Σx)`` and ternary ``y = Wp S_pos - Wn S_neg``.
+PERM_ROWS = 16
+#: 32-bit words per step (4: 128 inputs, 32 tables per pass over 16 rows).
+PERM_WORDS = 4
+_F16 = ir.VectorType(ir.FloatType(), 16)
+_I16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _has_avx512() -> bool:
+    """True where LLVM reports AVX-512F for this CPU (VPERMPS on 512-bit registers)."""
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # noqa: BLE001 - no feature list: take the portable path
+        return False
+
+
+#: Whether :func:`perm_matvec` may run here; the kernels fall back to :func:`lut_matvec` elsewhere.
+HAS_PERMVAR = _has_avx512()
+
+
+def _vec_ptr(context, builder, aryty, ary, idx, vty):  # noqa: ANN001, ANN202 - numba codegen helper
+    a = context.make_array(aryty)(context, builder, ary)
+    return builder.bitcast(builder.gep(a.data, [idx]), vty.as_pointer())
+
+
+@intrinsic
+def _perm_step(typingctx, tables, t0, words, w0, wstride, acc, a0):  # noqa: ANN001, ANN202
+    """``acc[a0 : a0+16] += Σ_{w < PERM_WORDS} Σ_{q < 8} vpermps(tables[t0 + 16 (8w + q)], words[w0 + w·wstride] >> 4q)``."""
+    sig = types.void(tables, t0, words, w0, wstride, acc, a0)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        tab, tq, wd, wp, ws, ac, ap = args
+        ta, _, wa, _, _, aa, _ = signature.args
+        perm = builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
+                                                fnty=ir.FunctionType(_F16, [_F16, _I16]))
+        total = None
+        for w in range(PERM_WORDS):
+            code = builder.load(_vec_ptr(context, builder, wa, wd, builder.add(wp, builder.mul(ws, ir.Constant(ws.type, w))),
+                                         _I16), align=4)
+            for q in range(8):
+                off = builder.add(tq, ir.Constant(tq.type, PERM_ROWS * (8 * w + q)))
+                table = builder.load(_vec_ptr(context, builder, ta, tab, off, _F16), align=4)
+                idx = code if q == 0 else builder.lshr(code, ir.Constant(_I16, [4 * q] * 16))
+                r = builder.call(perm, [table, idx])
+                total = r if total is None else builder.fadd(total, r)
+        ptr = _vec_ptr(context, builder, aa, ac, ap, _F16)
+        builder.store(builder.fadd(builder.load(ptr, align=4), total), ptr, align=4)
+
+    return sig, codegen
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def perm_matvec(x, words, scales, kind, y, threads):
+    """``y = W x`` for one vector from bit planes ``words`` (planes, K, out_pad) int32 (AVX-512 only).
+
+    ``K`` is a multiple of :data:`PERM_WORDS` and ``out_pad`` of :data:`PERM_ROWS`; ``scales``
+    as :func:`lut_matvec`. Threads split the inputs and sum private partial outputs.
+    """
+    planes, nk, out_pad = words.shape
+    n_out = y.size
+    n = x.size
+    groups = nk * 8
+    tables = np.zeros(groups * 16, np.float32)
+    xs = np.zeros(nk * 32, np.float32)
+    total = np.float32(0.0)
+    for j in range(n):
+        xs[j] = x[j]
+        total += x[j]
+    for g in prange(groups):
+        x0, x1, x2, x3 = xs[4 * g], xs[4 * g + 1], xs[4 * g + 2], xs[4 * g + 3]
+        b = g * 16
+        tables[b] = 0.0
+        tables[b + 1] = x0
+        for c in range(2, 4):
+            tables[b + c] = tables[b + c - 2] + x1
+        for c in range(4, 8):
+            tables[b + c] = tables[b + c - 4] + x2
+        for c in range(8, 16):
+            tables[b + c] = tables[b + c - 8] + x3
+    steps = nk // PERM_WORDS
+    nthreads = min(threads, steps)
+    acc = np.zeros(nthreads * planes * out_pad, np.float32)
+    flat = words.reshape(-1)
+    n_blocks = out_pad // PERM_ROWS
+    for t in prange(nthreads):
+        for s in range(steps * t // nthreads, steps * (t + 1) // nthreads):
+            k = s * PERM_WORDS
+            for p in range(planes):
+                base = (p * nk + k) * out_pad
+                a = (t * planes + p) * out_pad
+                for ob in range(n_blocks):
+                    _perm_step(tables, k * 8 * 16, flat, base + ob * PERM_ROWS, out_pad, acc, a + ob * PERM_ROWS)
+    stride = 1 if scales.size > 1 else 0
+    for o in prange(n_out):
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        for t in range(nthreads):
+            s0 += acc[(t * planes) * out_pad + o]
+            if planes > 1:
+                s1 += acc[(t * planes + 1) * out_pad + o]
+        if kind == TERNARY:
+            y[o] = scales[0] * s0 - scales[1] * s1
+        else:
+            y[o] = scales[o * stride] * (s0 + s0 - total)
+
+
+def bit_planes(*masks: np.ndarray) -> np.ndarray:
+    """The ``words`` layout of :func:`perm_matvec` from ``out x in`` 0/1 masks (one per plane)."""
+    out, n = masks[0].shape
+    nk = -(-n // (32 * PERM_WORDS)) * PERM_WORDS
+    out_pad = -(-out // PERM_ROWS) * PERM_ROWS
+    words = np.zeros((len(masks), nk, out_pad), np.int32)
+    for p, m in enumerate(masks):
+        padded = np.zeros((out_pad, nk * 32), np.uint8)
+        padded[:out, :n] = m
+        words[p] = np.packbits(padded, axis=1, bitorder="little").view("<i4").T
+    return words

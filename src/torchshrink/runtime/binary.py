@@ -2,7 +2,8 @@
 
 :class:`BinaryKernel` holds ``where(positive, α, -α)`` as one bit per weight (LSB-first
 bytes per group of 8 inputs, group-major ``codes_t[g, o]``) and α per output channel
-(BWN) or per layer. :func:`binary_matmul` computes ``y[o] = α_o · (Σ_{P_o} x - Σ_{N_o} x)``
+(BWN) or per layer (on AVX-512 CPUs also as the bit-plane ``words`` the batch-1 VPERMPS
+kernel reads, the same bits in another order). :func:`binary_matmul` computes ``y[o] = α_o · (Σ_{P_o} x - Σ_{N_o} x)``
 by the table lookups of :mod:`torchshrink.runtime._lut_kernels` (additions, one
 multiplication per output). :func:`reference_binary_matmul` is its plain twin.
 :class:`BinaryWeightLinear` / :class:`BinaryWeightConv2d` are the runtime modules.
@@ -33,6 +34,7 @@ class BinaryKernel(MatrixShape):
     shape: tuple[int, int]
     codes_t: np.ndarray
     alpha: np.ndarray
+    words: np.ndarray | None = None
 
     @classmethod
     def from_signs(cls, positive: np.ndarray, alpha: np.ndarray) -> BinaryKernel:
@@ -49,7 +51,8 @@ class BinaryKernel(MatrixShape):
         padded = np.zeros((out, g * kern.BIT_WIDTH), np.uint8)
         padded[:, :n] = p
         bits = np.packbits(padded, axis=1, bitorder="little")
-        return cls((int(out), int(n)), frozen(bits.T), frozen(a))
+        words = frozen(kern.bit_planes(p)) if kern.HAS_PERMVAR else None
+        return cls((int(out), int(n)), frozen(bits.T), frozen(a), words)
 
     @classmethod
     def from_packed(cls, packed: dict) -> BinaryKernel:
@@ -83,7 +86,7 @@ class BinaryKernel(MatrixShape):
 
 def binary_matmul(x: torch.Tensor, w: BinaryKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` with ``W`` a :class:`BinaryKernel`, by sums of activations (no decode)."""
-    return lut_call(kern.BINARY, x, w.shape, w.codes_t, w.alpha, bias, "binary_matmul")
+    return lut_call(kern.BINARY, x, w.shape, w.codes_t, w.alpha, bias, "binary_matmul", w.words)
 
 
 def reference_binary_matmul(x: torch.Tensor, w: BinaryKernel, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 :class:`TernaryKernel` holds a ``{+Wp, 0, -Wn}`` weight as one uint8 pattern code per
 group of 5 inputs and row (``c = Σ_k c_k 3^k < 243``, ``c_k``: 0 zero, 1 positive,
-2 negative; 1.6 bits per weight in memory) and the two scales. :func:`ternary_matmul` computes
+2 negative; 1.6 bits per weight in memory) for batches, and on AVX-512 CPUs also as two
+bit planes (positive, negative: 2 bits per weight) for batch 1, and the two scales. :func:`ternary_matmul` computes
 ``y[o] = Wp · Σ_{P_o} x - Wn · Σ_{N_o} x`` by the table lookups of
 :mod:`torchshrink.runtime._lut_kernels`: additions of activations, the two scales applied
 once per input. :func:`reference_ternary_matmul` is its plain twin (decode, ``F.linear``).
@@ -26,13 +27,6 @@ from .modules import CompressedConv2d, CompressedLinear, im2col_ok
 
 _OWNER = "TernaryKernel"
 _POW = 3 ** np.arange(kern.TRIT_WIDTH, dtype=np.int64)
-#: Layers with fewer weights stay decoded dense (``load`` keeps a plain layer): while the
-#: fp32 weight fits in the L2/L3 caches torch's vectorized FMA matmul of the decoded weight
-#: beats the kernel call and its table building (on the 2-core EPYC: 512 x 1024 is faster
-#: dense, 4096 x 4096 faster here; see benchmarks/kernels.py). Layers with few outputs
-#: (ResNet-20's <= 64 channels) pay the table (243 or 256 entries per group) for too few rows.
-MIN_KERNEL_WEIGHTS = 1 << 21
-MIN_KERNEL_OUT = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +36,7 @@ class TernaryKernel(MatrixShape):
     shape: tuple[int, int]
     codes_t: np.ndarray
     scales: np.ndarray
+    words: np.ndarray | None = None
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, scales: np.ndarray) -> TernaryKernel:
@@ -58,7 +53,8 @@ class TernaryKernel(MatrixShape):
         padded = np.zeros((out, g * kern.TRIT_WIDTH), np.uint8)
         padded[:, :n] = c
         patterns = (padded.reshape(out, g, kern.TRIT_WIDTH).astype(np.int64) @ _POW).astype(np.uint8)
-        return cls((int(out), int(n)), frozen(patterns.T), frozen(s))
+        words = frozen(kern.bit_planes(c == 1, c == 2)) if kern.HAS_PERMVAR else None
+        return cls((int(out), int(n)), frozen(patterns.T), frozen(s), words)
 
     @classmethod
     def from_packed(cls, packed: dict) -> TernaryKernel:
@@ -94,12 +90,18 @@ class TernaryKernel(MatrixShape):
 
 
 def lut_call(kind: int, x: torch.Tensor, shape: tuple[int, int], codes_t: np.ndarray, scales: np.ndarray,
-             bias: torch.Tensor | None, owner: str) -> torch.Tensor:
-    """Run the batch-1 or the batched table-lookup kernel of ``kind`` on ``x`` (``(*, in)``)."""
+             bias: torch.Tensor | None, owner: str, words: np.ndarray | None = None) -> torch.Tensor:
+    """Run the batch-1 or the batched table-lookup kernel of ``kind`` on ``x`` (``(*, in)``).
+
+    ``words``: the bit planes of :func:`~._lut_kernels.perm_matvec`, which runs batch 1
+    where the CPU has AVX-512 (None elsewhere: :func:`~._lut_kernels.lut_matvec`).
+    """
     xm, lead, dtype = input_matrix(x, shape[1], shape, owner)
     y = np.empty((xm.shape[0], shape[0]), np.float32)
     work = codes_t.size * xm.shape[0]
-    if xm.shape[0] == 1:
+    if xm.shape[0] == 1 and words is not None:
+        run_kernel(kern.perm_matvec, work, xm[0], words, scales, kind, y[0])
+    elif xm.shape[0] == 1:
         run_kernel(kern.lut_matvec, work, xm[0], codes_t, scales, kind, y[0])
     elif xm.shape[0] > 1:
         run_kernel(kern.lut_matmul, work, xm, codes_t, scales, kind, y)
@@ -108,7 +110,7 @@ def lut_call(kind: int, x: torch.Tensor, shape: tuple[int, int], codes_t: np.nda
 
 def ternary_matmul(x: torch.Tensor, w: TernaryKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` with ``W`` a :class:`TernaryKernel`, by sums of activations (no decode)."""
-    return lut_call(kern.TERNARY, x, w.shape, w.codes_t, w.scales, bias, "ternary_matmul")
+    return lut_call(kern.TERNARY, x, w.shape, w.codes_t, w.scales, bias, "ternary_matmul", w.words)
 
 
 def reference_ternary_matmul(x: torch.Tensor, w: TernaryKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,9 +129,11 @@ class TernaryConv2d(CompressedConv2d):
 
 
 def kernel_module(layer: nn.Module, weight: Any, linear: type, conv: type) -> nn.Module | None:
-    """``linear(weight, bias)`` / ``conv(layer, weight, bias)`` for a Linear / Conv2d big enough to gain, else None."""
-    if weight.out_features * weight.in_features < MIN_KERNEL_WEIGHTS or weight.out_features < MIN_KERNEL_OUT:
-        return None
+    """``linear(weight, bias)`` / ``conv(layer, weight, bias)`` for a Linear / Conv2d, else None.
+
+    Every size gets its runtime module: the measured dispatch (:mod:`.dispatch`) then runs
+    the kernel or the decoded dense twin per layer and input shape, whichever is faster here.
+    """
     if isinstance(layer, nn.Linear):
         return linear(weight, layer.bias)
     if isinstance(layer, nn.Conv2d) and im2col_ok(layer):
