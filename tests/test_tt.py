@@ -13,8 +13,8 @@ from torch import nn
 
 from torchshrink.errors import ModelError, RecipeError, TskFormatError
 from torchshrink.factorize.tt import (
-    TTLinear, TTMatrix, tt_contract, tt_factorize, tt_flops, tt_merge, tt_modes, tt_params, tt_plan, tt_svd,
-    tt_to_dense,
+    TTLinear, TTMatrix, tt_contract, tt_factorize, tt_flops, tt_layer_rows, tt_merge, tt_modes, tt_params, tt_plan,
+    tt_svd, tt_to_dense,
 )
 from torchshrink.format import load, read_tsk, save
 from torchshrink.forms import FORMS, unpack
@@ -108,6 +108,25 @@ def test_save_stores_cores_and_load_is_exact(tmp_path):
         assert isinstance(fast[0].weight_, TTKernel)
         assert torch.allclose(fast(x), model(x), atol=1e-5)
     assert info.file_bytes < 4 * (32 * 64 + 64 * 10)
+
+
+def test_bias_as_a_tt_vector_round_trips_and_counts_in_the_ratio(tmp_path):
+    torch.manual_seed(0)
+    model = tt_factorize(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)), {"0": 3}, cores=2, bias=True)
+    cores = model[0].parametrizations.bias[0].cores
+    assert [tuple(c.shape) for c in cores] == [(1, 8, 1, 3), (3, 8, 1, 1)]
+    row = tt_layer_rows(model)[0]
+    assert row["bias_params"] == 64 and row["bias_tt_params"] == tt_params(cores) == 48
+    assert row["ratio_with_bias"] == (64 * 32 + 64) / (row["tt_params"] + 48)
+    save(model, tmp_path / "b.tsk")
+    f = read_tsk(tmp_path / "b.tsk")
+    assert f.record("0.bias")["form"] == "tt" and f.nbytes("0.bias") == 4 * 48
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        dense = load(tmp_path / "b.tsk", model=nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)), dense=True)
+        assert torch.equal(dense(x), model(x))
+        fast = load(tmp_path / "b.tsk", model=nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)))
+        assert torch.allclose(fast(x), model(x), atol=1e-5)
 
 
 def test_conv_layer_runs_by_its_reshaped_kernel(tmp_path):

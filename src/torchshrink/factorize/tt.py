@@ -26,7 +26,10 @@ cores; ``save`` stores the weight in the ``tt`` form (its cores, :mod:`torchshri
 and ``load`` runs it by contraction or by the reconstructed dense weight, whichever is
 faster for the layer (:mod:`torchshrink.runtime.tt`). No surgery is needed: the decoded
 model (``load(dense=True)``) is the plain zoo architecture. A convolution uses its
-reshaped kernel ``[out, in·kh·kw]`` (``N = in·kh·kw``). :class:`TTLinear` is the
+reshaped kernel ``[out, in·kh·kw]`` (``N = in·kh·kw``). With ``bias=True`` the bias becomes a
+TT-vector (a TT-matrix with in modes all 1) under the same transform, so a layer whose
+weight compresses far more than its bias can hold (fc1 of the recipe: 800 cores against a
+1,024-entry bias) is compressed as a whole. :class:`TTLinear` is the
 stand-alone layer (``from_dense`` by TT-SVD or ``random``, contraction forward) for
 building TT networks in Python.
 """
@@ -358,8 +361,8 @@ def _layer_modes(layer: nn.Module, name: str, cores: int, modes: Mapping[str, An
 
 def tt_factorize(model: nn.Module, rank: int | Mapping[str, int] | None = 8, *, tol: float | None = None,
                  cores: int = 3, modes: ModesSpec | None = None, init: str = "svd",
-                 layers: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
-                 seed: int = 0) -> nn.Module:
+                 bias: bool = False, layers: Sequence[str] | str | None = None,
+                 exclude: Sequence[str] | str | None = None, seed: int = 0) -> nn.Module:
     """Attach :class:`TTMatrix` to the selected Linear / Conv2d layers (in place).
 
     Args:
@@ -369,7 +372,10 @@ def tt_factorize(model: nn.Module, rank: int | Mapping[str, int] | None = 8, *, 
         cores: number of modes ``d`` of the default factorization (:func:`tt_modes`).
         modes: ``{pattern: {"out": [...], "in": [...]}}`` explicit factorizations.
         init: ``"svd"`` (TT-SVD of the trained weight) or ``"random"`` (train from scratch).
-    The latent weight is frozen; the cores are trainable.
+        bias: also make each layer's bias a TT-vector (the layer's out modes, in modes all 1,
+            the same max rank; TT-SVD of the trained bias), so the layer's parameters, bias
+            included, are all TT cores.
+    The latent weight (and bias) is frozen; the cores are trainable.
     """
     init = check(init, "init", "tt_factorize", INIT)
     cores = check(cores, "cores", "tt_factorize", CORES)
@@ -394,6 +400,12 @@ def tt_factorize(model: nn.Module, rank: int | Mapping[str, int] | None = 8, *, 
             cs = [c.to(w.device) for c in random_cores(om, im, ranks[name], fan_in=n_in, generator=gen)]
         attach(layer, TTMatrix(cs, w.shape).to(w.device))
         original(layer).requires_grad_(False)
+        if bias and getattr(layer, "bias", None) is not None:
+            ones = [1] * len(om)
+            bs = tt_svd(layer.bias.reshape(-1, 1), om, ones, rank=None if tol is not None else ranks[name], tol=tol,
+                        name=f"{name}.bias")
+            attach(layer, TTMatrix(bs, layer.bias.shape).to(w.device), "bias")
+            original(layer, "bias").requires_grad_(False)
     return model
 
 
@@ -411,6 +423,7 @@ class TTSpec(LayerStage):
     modes: dict[str, dict[Literal["out", "in"], list[PosInt]]] | None = Field(
         None, description="{layer pattern: {out: [...], in: [...]}} explicit factorizations")
     init: Literal["svd", "random"] = Field("svd", description="svd: TT-SVD of the weight; random: train from scratch")
+    bias: bool = Field(False, description="also store each layer's bias as a TT-vector (out modes, same max rank)")
     sweep: list[PosInt] | None = Field(None, description="also fine-tune a copy at each of these ranks and report "
                                        "accuracy and parameters vs rank (report 'tt_ranks', plot tt_ranks.png)")
 
@@ -423,15 +436,18 @@ def tt_layer_rows(model: nn.Module) -> list[dict[str, Any]]:
         if t is not None:
             dense, tt = math.prod(t.shape), tt_params(t.cores)
             bias = 0 if getattr(layer, "bias", None) is None else layer.bias.numel()
+            tb = find(layer, TTMatrix, "bias") if bias else None
+            bias_tt = bias if tb is None else tt_params(tb.cores)  # what the bias is stored as
             rows.append({"layer": name, "shape": list(t.shape), "out_modes": t.out_modes, "in_modes": t.in_modes,
                          "ranks": t.ranks, "dense_params": dense, "tt_params": tt, "ratio": dense / tt,
-                         "ratio_with_bias": (dense + bias) / (tt + bias)})
+                         "bias_params": bias, "bias_tt_params": bias_tt,
+                         "ratio_with_bias": (dense + bias) / (tt + bias_tt)})
     return rows
 
 
 def _factorize(model: nn.Module, spec: TTSpec, rank: Any, seed: int) -> nn.Module:
     return tt_factorize(model, rank, tol=spec.tol, cores=spec.cores, modes=spec.modes, init=spec.init,
-                        layers=spec.layers, exclude=spec.exclude, seed=seed)
+                        bias=spec.bias, layers=spec.layers, exclude=spec.exclude, seed=seed)
 
 
 def _sweep(ctx: Any, spec: TTSpec, finetune: Any) -> list[dict[str, Any]]:
@@ -448,7 +464,10 @@ def _sweep(ctx: Any, spec: TTSpec, finetune: Any) -> list[dict[str, Any]]:
         acc = evaluate(branch, ctx.data.test)["accuracy"]
         layers = tt_layer_rows(branch)
         rows.append({"rank": r, "accuracy": acc, "tt_params": sum(x["tt_params"] for x in layers),
-                     "dense_params": sum(x["dense_params"] for x in layers), "layers": layers})
+                     "dense_params": sum(x["dense_params"] for x in layers),
+                     "tt_params_with_bias": sum(x["tt_params"] + x["bias_tt_params"] for x in layers),
+                     "dense_params_with_bias": sum(x["dense_params"] + x["bias_params"] for x in layers),
+                     "layers": layers})
         ctx.console.print(f"{ctx.tag}: TT rank {r}: accuracy {acc:.4f}, {rows[-1]['tt_params']:,} TT parameters "
                           f"for {rows[-1]['dense_params']:,} dense")
     return rows
