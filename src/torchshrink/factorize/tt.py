@@ -361,7 +361,7 @@ def _layer_modes(layer: nn.Module, name: str, cores: int, modes: Mapping[str, An
 
 def tt_factorize(model: nn.Module, rank: int | Mapping[str, int] | None = 8, *, tol: float | None = None,
                  cores: int = 3, modes: ModesSpec | None = None, init: str = "svd",
-                 bias: bool = False, layers: Sequence[str] | str | None = None,
+                 bias: bool | Mapping[str, bool] = False, layers: Sequence[str] | str | None = None,
                  exclude: Sequence[str] | str | None = None, seed: int = 0) -> nn.Module:
     """Attach :class:`TTMatrix` to the selected Linear / Conv2d layers (in place).
 
@@ -374,7 +374,7 @@ def tt_factorize(model: nn.Module, rank: int | Mapping[str, int] | None = 8, *, 
         init: ``"svd"`` (TT-SVD of the trained weight) or ``"random"`` (train from scratch).
         bias: also make each layer's bias a TT-vector (the layer's out modes, in modes all 1,
             the same max rank; TT-SVD of the trained bias), so the layer's parameters, bias
-            included, are all TT cores.
+            included, are all TT cores; one bool or ``{pattern: bool}``.
     The latent weight (and bias) is frozen; the cores are trainable.
     """
     init = check(init, "init", "tt_factorize", INIT)
@@ -385,6 +385,7 @@ def tt_factorize(model: nn.Module, rank: int | Mapping[str, int] | None = 8, *, 
     names = [n for n, _ in chosen]
     ranks = per_layer(rank if rank is not None else 1, names, "rank", lambda v, k: check(v, k, "tt", RANK))
     layer_modes = per_layer(modes, names, "modes") if modes is not None else {}
+    tt_bias = per_layer(bias, names, "bias")
     gen = torch.Generator().manual_seed(seed)
     for name, layer in chosen:
         if name not in ranks:
@@ -400,7 +401,7 @@ def tt_factorize(model: nn.Module, rank: int | Mapping[str, int] | None = 8, *, 
             cs = [c.to(w.device) for c in random_cores(om, im, ranks[name], fan_in=n_in, generator=gen)]
         attach(layer, TTMatrix(cs, w.shape).to(w.device))
         original(layer).requires_grad_(False)
-        if bias and getattr(layer, "bias", None) is not None:
+        if tt_bias.get(name) and getattr(layer, "bias", None) is not None:
             ones = [1] * len(om)
             bs = tt_svd(layer.bias.reshape(-1, 1), om, ones, rank=None if tol is not None else ranks[name], tol=tol,
                         name=f"{name}.bias")
@@ -423,7 +424,8 @@ class TTSpec(LayerStage):
     modes: dict[str, dict[Literal["out", "in"], list[PosInt]]] | None = Field(
         None, description="{layer pattern: {out: [...], in: [...]}} explicit factorizations")
     init: Literal["svd", "random"] = Field("svd", description="svd: TT-SVD of the weight; random: train from scratch")
-    bias: bool = Field(False, description="also store each layer's bias as a TT-vector (out modes, same max rank)")
+    bias: bool | dict[str, bool] = Field(False, description="also store each layer's bias as a TT-vector (out modes, "
+                                         "same max rank); one bool or {layer pattern: bool}")
     sweep: list[PosInt] | None = Field(None, description="also fine-tune a copy at each of these ranks and report "
                                        "accuracy and parameters vs rank (report 'tt_ranks', plot tt_ranks.png)")
 
