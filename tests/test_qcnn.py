@@ -16,7 +16,7 @@ from torchshrink.format import load, read_tsk, save
 from torchshrink.forms import unpack
 from torchshrink.pipeline import run_recipe
 from torchshrink.quantize.product import kmeans_subspaces
-from torchshrink.quantize.qcnn import QCNNQuantized, channel_order, qcnn_quantize, response_pq
+from torchshrink.quantize.qcnn import Moments, QCNNQuantized, Residuals, channel_order, qcnn_quantize, response_pq
 from torchshrink.recipe import load_recipe
 from torchshrink.runtime import PQKernel, pq_matmul, reference_pq_matmul
 
@@ -56,12 +56,28 @@ def test_response_pq_beats_weight_pq_and_is_exact_with_a_codeword_per_row():
     x, w = _correlated(400, 12, 0), torch.randn(10, 12, generator=torch.Generator().manual_seed(1)).double()
     sub = w.float().reshape(10, -1, 4).transpose(0, 1)
     cb0, codes0 = kmeans_subspaces(sub, 3, 20)
-    cb, codes = response_pq(w, x.T @ x, x.T @ x, cb0, codes0)
+    cb, codes = response_pq(w, Moments.of(x, x @ w.T), cb0, codes0)
     before, after = _response_err(x, w, _decode(cb0, codes0).double()), _response_err(x, w, _decode(cb, codes).double())
     assert after < 0.9 * before
     cbf, codesf = kmeans_subspaces(sub, 10, 20)  # K = out: every row can have its own codeword
-    cb, codes = response_pq(w, x.T @ x, x.T @ x, cbf, codesf)
+    cb, codes = response_pq(w, Moments.of(x, x @ w.T), cbf, codesf)
     assert _response_err(x, w, _decode(cb, codes).double()) <= 1e-6 * float((x @ w.T).square().sum())
+
+
+def test_residual_form_fits_exactly_as_the_moments_do():
+    x, w = _correlated(30, 12, 3), torch.randn(10, 12, generator=torch.Generator().manual_seed(4)).double()
+    cb0, codes0 = kmeans_subspaces(w.float().reshape(10, -1, 4).transpose(0, 1), 3, 20)
+    y = x @ w.T
+    cb_m, codes_m = response_pq(w, Moments.of(x.float(), y), cb0, codes0)
+    cb_r, codes_r = response_pq(w, Residuals(x.float(), y), cb0, codes0)
+    assert torch.equal(codes_m, codes_r)
+    assert torch.allclose(cb_m, cb_r, rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_too_big_for_max_gib_stops_with_a_clear_error():
+    model = nn.Sequential(nn.Linear(4096, 16))
+    with pytest.raises(ModelError, match="'0'.*max_gib"):
+        qcnn_quantize(model, torch.randn(64, 4096), 4, 4, max_gib=1e-3)
 
 
 def _two_layer():

@@ -13,7 +13,8 @@ from torch import nn
 
 from torchshrink.errors import ModelError, RecipeError, TskFormatError
 from torchshrink.factorize.tt import (
-    TTLinear, TTMatrix, tt_contract, tt_factorize, tt_modes, tt_params, tt_svd, tt_to_dense,
+    TTLinear, TTMatrix, tt_contract, tt_factorize, tt_flops, tt_layer_rows, tt_merge, tt_modes, tt_params, tt_plan,
+    tt_svd, tt_to_dense,
 )
 from torchshrink.format import load, read_tsk, save
 from torchshrink.forms import FORMS, unpack
@@ -109,6 +110,25 @@ def test_save_stores_cores_and_load_is_exact(tmp_path):
     assert info.file_bytes < 4 * (32 * 64 + 64 * 10)
 
 
+def test_bias_as_a_tt_vector_round_trips_and_counts_in_the_ratio(tmp_path):
+    torch.manual_seed(0)
+    model = tt_factorize(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)), {"0": 3}, cores=2, bias=True)
+    cores = model[0].parametrizations.bias[0].cores
+    assert [tuple(c.shape) for c in cores] == [(1, 8, 1, 3), (3, 8, 1, 1)]
+    row = tt_layer_rows(model)[0]
+    assert row["bias_params"] == 64 and row["bias_tt_params"] == tt_params(cores) == 48
+    assert row["ratio_with_bias"] == (64 * 32 + 64) / (row["tt_params"] + 48)
+    save(model, tmp_path / "b.tsk")
+    f = read_tsk(tmp_path / "b.tsk")
+    assert f.record("0.bias")["form"] == "tt" and f.nbytes("0.bias") == 4 * 48
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        dense = load(tmp_path / "b.tsk", model=nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)), dense=True)
+        assert torch.equal(dense(x), model(x))
+        fast = load(tmp_path / "b.tsk", model=nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)))
+        assert torch.allclose(fast(x), model(x), atol=1e-5)
+
+
 def test_conv_layer_runs_by_its_reshaped_kernel(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU())
@@ -120,15 +140,67 @@ def test_conv_layer_runs_by_its_reshaped_kernel(tmp_path):
         assert torch.allclose(fast(x), model(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["contract", "dense", None])
-def test_kernel_paths_match_the_reference(path):
-    k = TTKernel(_cores([4, 4, 2], [2, 4, 4], 3), path=path)
+def test_kernel_matches_the_reference_for_every_grouping():
+    cores = _cores([4, 4, 2], [2, 4, 4], 3)
     bias = torch.randn(32)
-    for batch in (1, 5):
-        x = torch.randn(batch, 32)
-        assert torch.allclose(k.matmul(x, bias), reference_tt_matmul(x, k, bias), rtol=1e-5, atol=1e-5)
-    if path is None:
-        assert set(k.choices.values()) <= {"contract", "dense"} and len(k.choices) == 2
+    for groups in (None, [1, 1, 1], [1, 2], [2, 1], [3]):
+        k = TTKernel([c.numpy() for c in cores], groups=groups)
+        for batch in (1, 5):
+            x = torch.randn(batch, 32)
+            assert torch.allclose(k.matmul(x, bias), reference_tt_matmul(x, k, bias), rtol=1e-5, atol=1e-5)
+        # the kernel keeps the (merged) cores only, never a rebuilt out x in weight
+        assert all(c.numel() < 32 * 32 for c in k.merged) or groups == [3]
+        assert not [v for v in vars(k).values() if isinstance(v, torch.Tensor) and v.shape == (32, 32)]
+
+
+def test_merged_cores_are_the_same_tt_matrix():
+    cores = _cores([2, 3, 2, 2], [3, 2, 2, 1], 3)
+    merged = tt_merge(cores, [2, 2])
+    assert [tuple(c.shape) for c in merged] == [(1, 6, 6, 3), (3, 4, 2, 1)]
+    assert torch.allclose(tt_to_dense(merged), tt_to_dense(cores), atol=1e-5)
+    with pytest.raises(ModelError, match="groups"):
+        tt_merge(cores, [2, 1])
+
+
+def _brute_force_plan(om, im, ranks):
+    d, best = len(om), None
+    for mask in range(1 << (d - 1)):
+        bounds = [0, *[k + 1 for k in range(d - 1) if mask >> k & 1], d]
+        if d > 1 and len(bounds) == 2:
+            continue
+        gm = [math.prod(om[a:b]) for a, b in zip(bounds, bounds[1:])]
+        gn = [math.prod(im[a:b]) for a, b in zip(bounds, bounds[1:])]
+        cost = sum(math.prod(gn[:k]) * ranks[bounds[k]] * gm[k] * gn[k] * ranks[bounds[k + 1]] * math.prod(gm[k + 1:])
+                   for k in range(len(gm)))
+        best = min(best or (cost, len(gm)), (cost, len(gm)))
+    return best
+
+
+@pytest.mark.parametrize("modes,rank", [([8, 8, 8, 8], 8), ([8, 8, 8, 8], 4), ([8, 8, 8, 8], 16), ([4, 2, 3], 2)])
+def test_plan_has_the_fewest_multiply_adds(modes, rank):
+    d = len(modes)
+    ranks = [1] + [rank] * (d - 1) + [1]
+    groups = tt_plan(modes, modes, ranks)
+    bounds = [0] + [sum(groups[:i + 1]) for i in range(len(groups))]
+    gm = [math.prod(modes[a:b]) for a, b in zip(bounds, bounds[1:])]
+    assert (tt_flops(gm, gm, [ranks[a] for a in bounds]), len(groups)) == _brute_force_plan(modes, modes, ranks)
+    if (modes, rank) == ([8, 8, 8, 8], 8):
+        assert groups == [2, 2]  # 268M multiply-adds at batch 64 against 302M core by core, 1074M dense
+        assert tt_flops(gm, gm, [ranks[a] for a in bounds], 64) == 268435456
+        assert tt_flops(modes, modes, ranks, 64) == 301989888
+
+
+def test_loaded_layer_runs_either_path_alike(tmp_path):
+    from torchshrink.runtime.dispatch import force
+
+    model = _tt_mlp()
+    save(model, tmp_path / "m.tsk")
+    fast = load(tmp_path / "m.tsk", model=nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)))
+    x = torch.randn(64, 32)
+    with torch.no_grad():
+        want = model(x)
+        for path in ("kernel", "dense"):
+            assert torch.allclose(force(fast, path)(x), want, atol=1e-5), path
 
 
 def test_bad_parameters_name_the_problem():

@@ -117,8 +117,9 @@ def plot_tt_ranks(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     ax.set_ylabel("test accuracy (%)")
     ax.set_xscale("log", base=2)
     right = ax.twinx()
-    right.plot(ranks, [r["tt_params"] for r in rows], "s--", color="tab:orange", label="TT parameters")
-    right.set_ylabel("TT parameters (replaced layers)")
+    right.plot(ranks, [r.get("tt_params_with_bias", r["tt_params"]) for r in rows], "s--", color="tab:orange",
+               label="parameters")
+    right.set_ylabel("parameters of the TT layers (bias included)")
     right.set_yscale("log")
     ax.legend(loc="lower right")
     return save_figure(fig, path)

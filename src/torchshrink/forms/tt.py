@@ -4,7 +4,8 @@ Packed kind ``"tt"``::
 
     {"form": "tt", "shape": [out, *rest], "cores": [float32[r_0, m_1, n_1, r_1], ...]}
 
-with ``r_0 = r_d = 1``, ``Π m_k = out`` and ``Π n_k = prod(rest)``. The weight is
+with ``r_0 = r_d = 1``, ``Π m_k = out`` and ``Π n_k = prod(rest)``; a bias (``shape: [out]``)
+is a TT-vector, its in modes all 1. The weight is
 :func:`torchshrink.factorize.tt.tt_to_dense` of the cores (float64 products, rounded
 once to float32) reshaped to ``shape``, the very function the :class:`TTMatrix`
 transform's forward runs, so a file decodes bit for bit to the trained layer. Streams:
@@ -35,8 +36,8 @@ def check_cores(packed: Mapping[str, Any]) -> tuple[tuple[int, ...], list[np.nda
     from 1 to 1 and whose modes multiply to the weight's rows and columns."""
     shape, _ = check_shape(get(packed, "shape", "tt"))
     cores = get(packed, "cores", "tt")
-    if len(shape) < 2 or not isinstance(cores, (list, tuple)) or not 1 <= len(cores) <= MAX_CORES:
-        raise TskFormatError(f"A 'tt' weight needs a shape of 2+ dimensions and 1 to {MAX_CORES} cores.")
+    if not shape or not isinstance(cores, (list, tuple)) or not 1 <= len(cores) <= MAX_CORES:
+        raise TskFormatError(f"A 'tt' tensor needs a shape of 1+ dimensions and 1 to {MAX_CORES} cores.")
     cores = [floats(c, f"'tt' core {k}", 4) for k, c in enumerate(cores)]
     ranks = [c.shape[0] for c in cores] + [cores[-1].shape[3]]
     chained = all(a.shape[3] == b.shape[0] for a, b in zip(cores, cores[1:]))

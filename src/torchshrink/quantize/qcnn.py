@@ -13,14 +13,26 @@ position ``p`` (``d`` must divide ``C``). Each sub-space has ``K`` codewords; ev
 **Response error** (Wu §3.1, Eq. 3). With ``X`` the layer's inputs (im2col rows for a
 conv) on calibration samples from the training split, the codebooks and codes minimize
 ``||Y - X Ŵᵀ||²_F`` with ``Y = X_ref Wᵀ`` the original layer's response, instead of the
-weight error ``||W - Ŵ||²``. Only the moments ``Σ = Xᵀ X`` and ``P = Xᵀ Y`` are needed
-(float64). Block coordinate descent over the sub-spaces (Gauss-Seidel): for sub-space
+weight error ``||W - Ŵ||²``. Block coordinate descent over the sub-spaces (Gauss-Seidel;
+the sub-spaces stay coupled through the response, as in Wu's alternating updates with
+the other sub-spaces' contribution held fixed): for sub-space
 ``s`` (columns ``J``), with the others fixed, the objective is
 ``Σ_o (ŵ_o - t_o)ᵀ Σ_JJ (ŵ_o - t_o) + const`` where
 ``T = Σ_JJ⁻¹ (P_J - (Σ Ŵᵀ)_J + Σ_JJ Ŵ_Jᵀ)``; with the Cholesky factor ``Σ_JJ = L Lᵀ`` this is
 Euclidean k-means of ``z_o = Lᵀ t_o`` (warm-started from the current codewords and
 codes), mapped back by ``c = L⁻ᵀ u``. Every step lowers the objective; the start is the
 weight-error PQ, so the response error never exceeds it on the calibration set.
+
+**Memory.** Each visit needs only ``Σ_JJ`` and the column block ``(P - Σ Ŵᵀ)_J``, which two
+exact forms of the same statistics give (float64, :class:`Moments` and :class:`Residuals`):
+the moments ``Σ = Xᵀ X`` (``D x D``) and ``P - Σ Ŵᵀ`` (``D x out``), or the inputs ``X``
+(``rows x D``, float32, as the layer saw them) with the residual ``E = Y - X Ŵᵀ``
+(``rows x out``), from which ``(P - Σ Ŵᵀ)_J = X_Jᵀ E``. The layer uses whichever is
+smaller: moments when there are more calibration rows than inputs ``D`` (conv im2col
+rows), residuals otherwise (a VGG FC layer, ``D = 25088``, would need 5 GB of moments and
+needs 0.1 GB of inputs for 1000 samples). ``P`` is ``X_qᵀ (X_ref Wᵀ)``, never the
+``D x D`` matrix ``X_qᵀ X_ref``. A layer whose statistics would exceed ``max_gib`` stops
+with one clear error naming the layer, before anything that large is allocated.
 
 **Error correction** (Wu §3.3). Layers are quantized in order; layer ``l`` is fitted on
 inputs ``X`` that passed through the *already quantized* layers ``< l`` while its target
@@ -101,7 +113,7 @@ class QCNNQuantized(ProductQuantized):
 # ---------------------------------------------------------------- calibration inputs
 def _layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """The inputs ``layer`` sees when ``model`` runs on ``x``: ``(rows, D)`` in the standard
-    column order (a conv's im2col rows, ``(C, kh, kw)``), float64."""
+    column order (a conv's im2col rows, ``(C, kh, kw)``), float32 as the layer saw them."""
     seen: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, args: tuple, _out: Any) -> None:
@@ -109,7 +121,7 @@ def _layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch: in
         if isinstance(layer, nn.Conv2d):
             a = F.unfold(a, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
             a = a.transpose(1, 2).reshape(-1, a.shape[1])
-        seen.append(a.reshape(-1, a.shape[-1]).to(torch.float64))
+        seen.append(a.reshape(-1, a.shape[-1]).to(torch.float32))
 
     handle = layer.register_forward_hook(hook)
     was = model.training
@@ -122,6 +134,81 @@ def _layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, batch: in
         handle.remove()
         model.train(was)
     return torch.cat(seen)
+
+
+#: rows per float64 block when moments are accumulated from float32 inputs
+_CHUNK = 4096
+
+
+class Moments:
+    """The fit's statistics as ``Σ = X_qᵀ X_q`` (``D x D``) and ``R = P - Σ Ŵᵀ`` (``D x out``), float64."""
+
+    def __init__(self, sigma: torch.Tensor, p: torch.Tensor) -> None:
+        self.sigma, self.r = sigma.to(torch.float64), p.to(torch.float64).clone()
+
+    @classmethod
+    def of(cls, x_q: torch.Tensor, y: torch.Tensor) -> Moments:
+        """From inputs ``x_q`` (rows x D) and target responses ``y`` (rows x out), in float64 blocks of rows."""
+        d, out = x_q.shape[1], y.shape[1]
+        sigma = torch.zeros(d, d, dtype=torch.float64)
+        p = torch.zeros(d, out, dtype=torch.float64)
+        for i in range(0, x_q.shape[0], _CHUNK):
+            xb = x_q[i:i + _CHUNK].to(torch.float64)
+            sigma += xb.T @ xb
+            p += xb.T @ y[i:i + _CHUNK].to(torch.float64)
+        return cls(sigma, p)
+
+    def start(self, w_hat: torch.Tensor) -> None:
+        self.r -= self.sigma @ w_hat.T
+
+    def block(self, j: slice) -> torch.Tensor:
+        return self.sigma[j, j]
+
+    def residual(self, j: slice) -> torch.Tensor:
+        return self.r[j]
+
+    def update(self, j: slice, delta: torch.Tensor) -> None:
+        self.r -= self.sigma[:, j] @ delta.T
+
+
+class Residuals:
+    """The same statistics as the inputs ``X_q`` (``rows x D``) and ``E = Y - X_q Ŵᵀ`` (``rows x out``):
+    ``Σ_JJ = X_Jᵀ X_J`` and ``(P - Σ Ŵᵀ)_J = X_Jᵀ E``."""
+
+    def __init__(self, x_q: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.e = x_q, y.to(torch.float64).clone()
+
+    def start(self, w_hat: torch.Tensor) -> None:
+        for i in range(0, self.x.shape[0], _CHUNK):
+            self.e[i:i + _CHUNK] -= self.x[i:i + _CHUNK].to(torch.float64) @ w_hat.T
+
+    def block(self, j: slice) -> torch.Tensor:
+        xj = self.x[:, j].to(torch.float64)
+        return xj.T @ xj
+
+    def residual(self, j: slice) -> torch.Tensor:
+        return self.x[:, j].to(torch.float64).T @ self.e
+
+    def update(self, j: slice, delta: torch.Tensor) -> None:
+        self.e -= self.x[:, j].to(torch.float64) @ delta.T
+
+
+def statistics_bytes(rows: int, dim: int, out: int) -> dict[str, int]:
+    """Bytes of each form of the fit's statistics for ``rows`` calibration rows of ``dim`` inputs."""
+    return {"moments": 8 * dim * (dim + out), "residuals": 4 * rows * dim + 8 * rows * out}
+
+
+def _check_memory(name: str, layer: nn.Module, x: torch.Tensor, dim: int, out: int, max_gib: float) -> None:
+    """Refuse, before the inputs are gathered, a layer whose fit would need more than ``max_gib``."""
+    rows = x.shape[0]
+    if isinstance(layer, nn.Conv2d):
+        hw = x.shape[-2:] if x.dim() == 4 else (1, 1)  # the model input's size bounds a later conv's output
+        rows = min(MAX_ROWS, rows * int(hw[0]) * int(hw[1]))
+    need = 8 * rows * dim + min(statistics_bytes(rows, dim, out).values())  # the two inputs, then the statistics
+    if need > max_gib * 2**30:
+        raise ModelError(f"qcnn: the response-error fit of layer {name!r} ({dim} inputs, {out} outputs, {rows} "
+                         f"calibration rows) needs {need / 2**30:.1f} GiB, over max_gib={max_gib:g}; use fewer "
+                         "calibration samples, objective: weight for this layer, or a larger max_gib")
 
 
 def _supported(name: str, layer: nn.Module) -> None:
@@ -147,34 +234,35 @@ def _lloyd(z: torch.Tensor, u: torch.Tensor, codes: torch.Tensor, iters: int) ->
     return u, torch.cdist(z, u).argmin(1)
 
 
-def response_pq(weight2d: torch.Tensor, sigma: torch.Tensor, cross: torch.Tensor, codebooks: torch.Tensor,
+def response_pq(weight2d: torch.Tensor, stats: Moments | Residuals, codebooks: torch.Tensor,
                 codes: torch.Tensor, *, passes: int = 4, iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimize ``||Y - X Ŵᵀ||²`` (``Σ = XᵀX``, ``P = cross Wᵀ`` with ``cross = Xᵀ X_ref``) over PQ
-    codebooks ``[S, K, d]`` and codes ``[out, S]`` (the layout's column order, no padding),
-    by Gauss-Seidel passes over the sub-spaces (see the module docstring)."""
+    """Minimize ``||Y - X Ŵᵀ||²`` over PQ codebooks ``[S, K, d]`` and codes ``[out, S]`` (the
+    layout's column order, no padding), by Gauss-Seidel passes over the sub-spaces (see the
+    module docstring); ``stats`` holds ``X`` and ``Y`` as :class:`Moments` or :class:`Residuals`
+    (updated in place)."""
     S, K, d = codebooks.shape
     w = weight2d.to(torch.float64)
-    p = cross @ w.T                                  # (D, out)
     cb = codebooks.to(torch.float64).clone()
     codes = codes.clone()
     w_hat = cb[torch.arange(S).unsqueeze(0), codes].reshape(w.shape[0], S * d)
-    m = sigma @ w_hat.T                              # Σ Ŵᵀ, (D, out), kept up to date
-    ridge = 1e-9 * float(torch.diagonal(sigma).mean()) + 1e-12
+    stats.start(w_hat)
+    blocks = [stats.block(slice(s * d, (s + 1) * d)) for s in range(S)]
+    ridge = 1e-9 * float(sum(torch.diagonal(a).sum() for a in blocks)) / (S * d) + 1e-12
     eye = torch.eye(d, dtype=torch.float64)
+    chols = [torch.linalg.cholesky(a + ridge * eye) for a in blocks]
     for _ in range(passes):
         for s in range(S):
             j = slice(s * d, (s + 1) * d)
-            a = sigma[j, j] + ridge * eye
             old = w_hat[:, j]
-            b = p[j] - m[j] + sigma[j, j] @ old.T     # (d, out)
-            chol = torch.linalg.cholesky(a)
+            chol = chols[s]
+            b = stats.residual(j) + blocks[s] @ old.T  # (d, out)
             t = torch.cholesky_solve(b, chol)         # Σ_JJ⁻¹ b
             z = (chol.T @ t).T                        # (out, d): points in the whitened space
             u, new_codes = _lloyd(z, cb[s] @ chol, codes[:, s], iters)
             cb[s] = torch.linalg.solve_triangular(chol.T, u.T, upper=True).T
             codes[:, s] = new_codes
             new = cb[s][new_codes]
-            m += sigma[:, j] @ (new - old).T
+            stats.update(j, new - old)
             w_hat[:, j] = new
     return cb.to(torch.float32), codes
 
@@ -182,7 +270,7 @@ def response_pq(weight2d: torch.Tensor, sigma: torch.Tensor, cross: torch.Tensor
 def qcnn_quantize(model: nn.Module, calibration: torch.Tensor, subvector: int | Mapping[str, int] = 4,
                   codewords: int | Mapping[str, int] = 256, *, objective: str = "response",
                   error_correction: bool = True, conv_layout: str = "channels", passes: int = 4, iters: int = 20,
-                  half_codebooks: bool = False, layers: Sequence[str] | str | None = None,
+                  half_codebooks: bool = False, max_gib: float = 4.0, layers: Sequence[str] | str | None = None,
                   exclude: Sequence[str] | str | None = None, seed: int = 0) -> nn.Module:
     """Quantize the selected Linear / Conv2d layers in place, in model order (Q-CNN).
 
@@ -193,6 +281,8 @@ def qcnn_quantize(model: nn.Module, calibration: torch.Tensor, subvector: int | 
         error_correction: fit layer ``l`` on inputs through the quantized layers ``< l`` (§3.3).
         conv_layout: ``"channels"`` (Q-CNN) or ``"rows"`` (sub-vectors of the flattened kernel).
         passes: Gauss-Seidel sweeps over the sub-spaces; iters: Lloyd iterations per visit.
+        max_gib: the most memory one layer's fit statistics may take (GiB); a layer needing
+            more stops with an error before allocating them.
     """
     objective = check(objective, "objective", "qcnn_quantize", OBJECTIVE)
     conv_layout = check(conv_layout, "conv_layout", "qcnn_quantize", OneOf(LAYOUTS))
@@ -232,6 +322,7 @@ def qcnn_quantize(model: nn.Module, calibration: torch.Tensor, subvector: int | 
         w2p = F.pad(w2, (0, pad)) if pad else w2
         cb, codes = kmeans_subspaces(w2p.reshape(out, -1, d).transpose(0, 1), k, iters, seed)
         if objective == "response":
+            _check_memory(name, layer, x, w2p.shape[1], out, max_gib)
             x_ref = _layer_inputs(reference, ref_layers[name], x)
             x_q = _layer_inputs(model, layer, x) if error_correction else x_ref
             if x_ref.shape[0] > MAX_ROWS:
@@ -241,8 +332,11 @@ def qcnn_quantize(model: nn.Module, calibration: torch.Tensor, subvector: int | 
                 x_ref, x_q = x_ref[:, order], x_q[:, order]
             if pad:
                 x_ref, x_q = F.pad(x_ref, (0, pad)), F.pad(x_q, (0, pad))
-            sigma, cross = x_q.T @ x_q, x_q.T @ x_ref
-            cb, codes = response_pq(w2p.double(), sigma, cross, cb, codes, passes=passes, iters=iters)
+            y = torch.cat([x_ref[i:i + _CHUNK].double() @ w2p.double().T for i in range(0, x_ref.shape[0], _CHUNK)])
+            del x_ref
+            sizes = statistics_bytes(x_q.shape[0], x_q.shape[1], out)
+            stats = Moments.of(x_q, y) if sizes["moments"] <= sizes["residuals"] else Residuals(x_q, y)
+            cb, codes = response_pq(w2p.double(), stats, cb, codes, passes=passes, iters=iters)
         if half_codebooks:
             cb = cb.half().float()
         attach(layer, QCNNQuantized(cb.to(w.device), codes.to(w.device), w.shape, layout))
@@ -266,6 +360,7 @@ class QCNNSpec(LayerStage):
     passes: int = PASSES.field(4, description="sweeps over the sub-spaces")
     iters: int = Interval(int, 1, 1000).field(20, description="Lloyd iterations (k-means start, and per sub-space visit)")
     half_codebooks: bool = Field(False, description="round codewords to float16 values (stored in 16 bits, exactly)")
+    max_gib: float = Field(4.0, gt=0, description="the most memory (GiB) one layer's response-error fit may take")
 
 
 def calibration_inputs(data: Any, n: int, seed: int) -> torch.Tensor:
@@ -279,7 +374,7 @@ def _apply(ctx: Any, spec: QCNNSpec, finetune: Any) -> Step:
     qcnn_quantize(ctx.model, calibration_inputs(ctx.data, spec.calibration, ctx.seed), spec.subvector,
                   spec.codewords, objective=spec.objective, error_correction=spec.error_correction,
                   conv_layout=spec.conv_layout, passes=spec.passes, iters=spec.iters,
-                  half_codebooks=spec.half_codebooks, layers=spec.layers, exclude=spec.exclude, seed=ctx.seed)
+                  half_codebooks=spec.half_codebooks, max_gib=spec.max_gib, layers=spec.layers, exclude=spec.exclude, seed=ctx.seed)
     return Step()
 
 

@@ -14,7 +14,7 @@
   popcount: :class:`XnorWeight`, :func:`xnor_matmul`, the binary convolution
   :func:`xnor_conv2d` and :class:`BitwiseMLP` (activations packed between layers).
 * :mod:`~torchshrink.runtime.tt` -- Tensor-Train layers (Novikov et al. 2015):
-  :class:`TTKernel`, core contraction or the rebuilt weight, whichever measures faster.
+  :class:`TTKernel`, core contraction on cores merged at load (no transposed copies).
 * :mod:`~torchshrink.runtime.ternary` / :mod:`~torchshrink.runtime.binary` -- ternary
   (TTQ) and binary-weight (BinaryConnect, BWN, LAB) layers run by sums of activations
   looked up in tables (no multiplication per weight): :class:`TernaryKernel`,

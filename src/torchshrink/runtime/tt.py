@@ -1,15 +1,21 @@
-"""Tensor-Train layers at inference: contract the cores, or use the rebuilt weight,
-whichever this machine runs faster (Novikov et al. 2015 §4).
+"""Tensor-Train layers at inference: the cores contracted with the input (Novikov et al. 2015 §4).
 
-Contracting the cores with the input (:func:`torchshrink.factorize.tt.tt_contract`,
-Novikov Eq. 5) costs ``Σ_k B (Π_{l<k} n_l) r_{k-1} m_k n_k r_k (Π_{l>k} m_l)``
-multiply-adds, often far below the dense ``B M N``, but it runs as ``d`` small batched
-products and can be slower than one dense product for small layers, small batches or
-large ranks (peers' users report TT layers slower than dense). :class:`TTKernel` keeps
-both paths: on the first call at a batch size (bucketed by powers of two) it times each
-path a few times on that very input and keeps the faster one for the bucket, so a layer
-is never run by the slower path. The reconstructed weight (``tt_to_dense``, float32) is
-built once, on the first call that needs it.
+:class:`TTKernel` runs :func:`torchshrink.factorize.tt.tt_contract` on cores prepared once
+at load: consecutive cores are merged (:func:`~torchshrink.factorize.tt.tt_merge`) by the
+grouping with the fewest multiply-adds (:func:`~torchshrink.factorize.tt.tt_plan`), and
+each core is a contiguous float32 array whose ``(r m) x (n r)`` matrix view is what the
+contraction multiplies by, so every step is one BLAS product on contiguous views and no
+step copies a transposed state. For a 4096 x 4096 TT-matrix of modes ``8^4`` at rank 8
+the plan merges the cores in pairs: two products, ``268M`` multiply-adds at batch 64
+against ``1074M`` for the dense layer (``302M`` core by core).
+
+The contraction is not faster everywhere (small layers, large ranks: peers' users report
+TT layers slower than dense). The choice between it and the rebuilt dense weight is made
+per layer and per input shape by the runtime's measured dispatch
+(:mod:`torchshrink.runtime.dispatch`), which keeps the decoded dense twin beside the
+kernel and times both paths by one protocol for every compressed layer. The kernel itself
+keeps only the (merged) cores: :meth:`TTKernel.to_dense` rebuilds ``W`` when asked and
+does not keep it.
 
 Both paths are plain torch ops (BLAS matrix products); no numba kernel is needed.
 """
@@ -17,7 +23,6 @@ Both paths are plain torch ops (BLAS matrix products); no numba kernel is needed
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,36 +31,31 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from ..factorize.tt import tt_contract, tt_to_dense
+from ..factorize.tt import tt_contract, tt_flops, tt_merge, tt_plan, tt_to_dense
 from ._common import input_matrix, output_tensor
 
 _OWNER = "TTKernel"
-PATHS = ("contract", "dense")
-#: timed calls of each path when a batch bucket is first seen
-TRIALS = 3
 
 
 class TTKernel:
-    """A TT-matrix ``W`` (``out x in``) run by core contraction or by its rebuilt dense weight.
+    """A TT-matrix ``W`` (``out x in``) applied by contracting its cores with the input.
 
     Attributes:
-        cores: float32 tensors ``(r_{k-1}, m_k, n_k, r_k)``.
-        path: ``None`` (choose by measured time, per batch bucket) or a forced path in
-            :data:`PATHS`.
-        choices: batch bucket -> the path measured faster (filled as buckets are seen).
+        cores: the float32 TT cores ``(r_{k-1}, m_k, n_k, r_k)`` as stored.
+        groups: how many consecutive cores each merged core holds (:func:`tt_plan`, or given).
+        merged: the float32 cores the contraction runs (``tt_merge(cores, groups)``).
     """
 
-    def __init__(self, cores: Sequence[Any], path: str | None = None) -> None:
-        if path is not None and path not in PATHS:
-            raise ModelError(f"{_OWNER}: path must be one of {list(PATHS)} or None. Got {path!r}.")
+    def __init__(self, cores: Sequence[Any], groups: Sequence[int] | None = None) -> None:
         self.cores = [torch.as_tensor(np.ascontiguousarray(c, dtype=np.float32)) for c in cores]
         if not self.cores or any(c.dim() != 4 for c in self.cores):
             raise ModelError(f"{_OWNER}: cores must be a non-empty list of 4-D arrays.")
-        self.out_features = math.prod(int(c.shape[1]) for c in self.cores)
-        self.in_features = math.prod(int(c.shape[2]) for c in self.cores)
-        self.path = path
-        self.choices: dict[int, str] = {}
-        self._dense: torch.Tensor | None = None
+        self.out_modes = [int(c.shape[1]) for c in self.cores]
+        self.in_modes = [int(c.shape[2]) for c in self.cores]
+        self.ranks = [int(c.shape[0]) for c in self.cores] + [int(self.cores[-1].shape[3])]
+        self.out_features, self.in_features = math.prod(self.out_modes), math.prod(self.in_modes)
+        self.groups = tt_plan(self.out_modes, self.in_modes, self.ranks) if groups is None else [int(g) for g in groups]
+        self.merged = tt_merge(self.cores, self.groups)
 
     @classmethod
     def from_packed(cls, packed: Mapping[str, Any]) -> TTKernel:
@@ -70,49 +70,33 @@ class TTKernel:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the cores (the contraction path reads these; the dense path reads ``4·out·in``)."""
-        return sum(c.numel() * 4 for c in self.cores)
+        """Bytes the contraction reads: the merged cores (float32)."""
+        return sum(c.numel() * 4 for c in self.merged)
 
-    def dense(self) -> torch.Tensor:
-        if self._dense is None:
-            self._dense = tt_to_dense(self.cores, exact=True)
-        return self._dense
+    def flops(self, batch: int = 1) -> int:
+        """Multiply-adds of one contraction at this batch size (the dense layer: ``batch·out·in``)."""
+        at, bounds = 0, [0]
+        for g in self.groups:
+            at += g
+            bounds.append(at)
+        return tt_flops([int(c.shape[1]) for c in self.merged], [int(c.shape[2]) for c in self.merged],
+                        [self.ranks[a] for a in bounds], batch)
 
     def to_dense(self) -> np.ndarray:
-        return self.dense().numpy()
-
-    def _run(self, path: str, x: torch.Tensor) -> torch.Tensor:
-        return tt_contract(x, self.cores) if path == "contract" else F.linear(x, self.dense())
-
-    def choose(self, x: torch.Tensor) -> str:
-        """The path for ``x``'s batch size: forced, already measured for its bucket, or measured now."""
-        if self.path is not None:
-            return self.path
-        bucket = max(1, x.shape[0]).bit_length()
-        if bucket not in self.choices:
-            best = {}
-            for p in PATHS:
-                self._run(p, x)  # warm-up (and builds the dense weight once)
-                t0 = time.perf_counter()
-                for _ in range(TRIALS):
-                    self._run(p, x)
-                best[p] = time.perf_counter() - t0
-            self.choices[bucket] = min(best, key=best.get)
-        return self.choices[bucket]
+        """``W`` rebuilt from the cores (exact float64 products; built on each call, never kept)."""
+        return tt_to_dense(self.cores, exact=True).numpy()
 
     @torch.no_grad()
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x @ W.T + bias`` by the path chosen for this batch size."""
+        """``x @ W.T + bias`` by core contraction."""
         xm, lead, dtype = input_matrix(x, self.in_features, self.shape, "tt_matmul")
         xt = torch.from_numpy(xm)
-        y = self._run(self.choose(xt), xt) if xt.shape[0] else torch.zeros(0, self.out_features)
+        y = tt_contract(xt, self.merged) if xt.shape[0] else torch.zeros(0, self.out_features)
         return output_tensor(y.numpy(), lead, dtype, bias, "tt_matmul")
 
     def __repr__(self) -> str:
-        ranks = [int(c.shape[3]) for c in self.cores[:-1]]
-        return (f"TTKernel(shape={self.shape}, out_modes={[int(c.shape[1]) for c in self.cores]}, "
-                f"in_modes={[int(c.shape[2]) for c in self.cores]}, ranks={ranks}, path={self.path}, "
-                f"choices={self.choices})")
+        return (f"TTKernel(shape={self.shape}, out_modes={self.out_modes}, in_modes={self.in_modes}, "
+                f"ranks={self.ranks[1:-1]}, groups={self.groups})")
 
 
 def reference_tt_matmul(x: torch.Tensor, w: TTKernel, bias: torch.Tensor | None = None) -> torch.Tensor:
