@@ -106,6 +106,27 @@ def auto(
     console.print(f"wrote {res.out / 'report.json'}, {res.out / 'model.tsk'} and {res.out / 'policy.png'}")
 
 
+@app.command("compress-hf")
+def compress_hf(
+    path: Annotated[Path, typer.Argument(help="local Hugging Face / sentence-transformers model folder")],
+    ratio: Annotated[float, typer.Option(help="fp32 state-dict bytes / model.tsk bytes to reach (> 1)")] = 8.0,
+    calibration: Annotated[Optional[Path], typer.Option(help="unlabeled text, one sentence a line "
+                                                             "(default: the English text shipped)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (configs + model.tsk)")] = Path("runs/hf"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Compress a pretrained transformer without labels (GPTQ, per-row grids, knapsack-chosen bits) to --ratio."""
+    from .hf import compress_hf as compress, save_compressed
+
+    if not math.isfinite(ratio) or ratio <= 1:
+        raise TorchshrinkError(f"--ratio must be a number greater than 1, got {ratio:g}")
+    result = compress(path, ratio, calibration, progress=progress)
+    info = save_compressed(result, out)
+    console.print(f"{path}: {result.dense_bytes:,} fp32 bytes -> {info.path} {info.file_bytes:,} bytes "
+                  f"({result.dense_bytes / info.file_bytes:.2f}x); bits per layer: "
+                  + ", ".join(f"{b}" for b in result.bits.values()))
+
+
 @app.command()
 def recipes() -> None:
     """List the shipped recipes (usable by name in `run` and `sensitivity`)."""

@@ -25,14 +25,14 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 TSK_NAME = "model.tsk"
 
 
-def _hide_broken_torchvision() -> None:
+def hide_broken_torchvision() -> None:
     """Make a torchvision whose compiled ops do not match torch look absent to transformers.
 
     transformers imports torchvision when it is installed; a build for another torch (a
     CUDA wheel beside a CPU torch) fails at import, which would break loading a text model
     that never needs it.
     """
-    if "torchvision" in sys.modules:
+    if "torchvision" in sys.modules and sys.modules["torchvision"] is None:
         return
     try:
         import torchvision  # noqa: F401
@@ -46,7 +46,7 @@ def sentence_transformers() -> Any:
     """The ``sentence_transformers`` package, imported offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    _hide_broken_torchvision()
+    hide_broken_torchvision()
     try:
         import sentence_transformers as st
     except ImportError as exc:
