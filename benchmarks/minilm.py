@@ -85,32 +85,53 @@ def kmeans_baseline(model_path: Path, bits: int):
     return st, bert
 
 
+def _numbers(text: str, kind: type) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: expected comma-separated numbers, got {text!r}") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sentences", type=Path, required=True, help="evaluation text, one sentence a line")
-    ap.add_argument("--ratio", type=float, default=8.0, help="target fp32 bytes / file bytes")
-    ap.add_argument("--kmeans", type=int, default=None, metavar="BITS", help="uniform k-means baseline instead")
+    ap.add_argument("--ratio", default="8", help="target fp32 bytes / file bytes; several: 6,8,10 (one calibration)")
+    ap.add_argument("--kmeans", default=None, metavar="BITS", help="uniform k-means baseline(s) instead, e.g. 5,6")
     ap.add_argument("--model", type=Path, default=None, help="sentence-transformers folder (default: the gt package)")
     ap.add_argument("--calibration", type=Path, default=None, help="calibration text (default: the shipped one)")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="one JSON object a line")
     args = ap.parse_args()
     try:
-        row = run(args)
+        for row in run(args):
+            show(row, args.json)
     except TorchshrinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.json:
-        print(json.dumps(row))
+
+
+def show(row: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row), flush=True)
         return
     print(f"all-MiniLM-L6-v2, {row['method']}, {row['sentences']} evaluation sentences")
     print(f"  fp32 state dict {row['dense_bytes']:,} B -> model.tsk {row['file_bytes']:,} B: {row['ratio']:.2f}x smaller")
     print(f"  cosine mean {row['cosine_mean']:.4f} (min {row['cosine_min']:.4f}), spearman {row['spearman']:.4f}, "
           f"nearest-neighbour agreement {row['nn_agreement']:.1%}")
     print(f"  loaded file reproduces the compressed model: {row['file_reproduces_model']}")
-    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in row["seconds"].items()))
+    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in row["seconds"].items()), flush=True)
 
 
-def run(args: argparse.Namespace) -> dict:
+def _row(method: str, sentences: list[str], total: int, file_bytes: int, ref: torch.Tensor, comp: torch.Tensor,
+         loaded: torch.Tensor, seconds: dict[str, float]) -> dict:
+    return {"model": "all-MiniLM-L6-v2", "method": method, "sentences": len(sentences), "dense_bytes": total,
+            "file_bytes": file_bytes, "ratio": total / file_bytes, **fidelity(ref, loaded),
+            "file_reproduces_model": bool(torch.allclose(loaded, comp, atol=1e-5)), "seconds": seconds}
+
+
+def run(args: argparse.Namespace):
+    """Yield one result row per ratio (or per k-means width)."""
+    from torchshrink.hf import calibrate_hf, compress_calibrated
+
     model_path = args.model or default_model()
     calibration = args.calibration or default_calibration()
     if args.sentences.resolve() == Path(calibration).resolve():
@@ -122,39 +143,43 @@ def run(args: argparse.Namespace) -> dict:
     ref = embed(original_model, sentences)
     total = dense_bytes(transformer_of(original_model))
     del original_model
-    t0 = time.perf_counter()
     if args.kmeans is not None:
-        st, bert = kmeans_baseline(model_path, args.kmeans)
-        method = f"uniform {args.kmeans}-bit k-means"
-    else:
-        result = compress_hf(model_path, args.ratio, calibration)
-        st, bert = result.st_model, result.transformer
-        method = f"compress_hf --ratio {args.ratio:g}"
-    t_compress = time.perf_counter() - t0
-    comp = embed(st, sentences)
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        if args.kmeans is not None:
-            info = ts.format.save(bert, Path(d) / "model.tsk")
-            loaded_model = ts.format.load(Path(d) / "model.tsk", model=transformer_of(open_model(model_path)), dense=True)
-            loaded_st = st
+        for bits in _numbers(args.kmeans, int):
+            t0 = time.perf_counter()
+            st, bert = kmeans_baseline(model_path, bits)
+            t_compress = time.perf_counter() - t0
+            comp = embed(st, sentences)
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.perf_counter()
+                info = ts.format.save(bert, Path(d) / "model.tsk")
+                t_save = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                plain = ts.format.load(Path(d) / "model.tsk", model=transformer_of(open_model(model_path)), dense=True)
+                t_load = time.perf_counter() - t0
             ts.bake(bert, inplace=True)
-            bert.load_state_dict(loaded_model.state_dict())
-        else:
-            info = save_compressed(result, Path(d) / "out")
-        t_save = time.perf_counter() - t0
+            bert.load_state_dict(plain.state_dict())
+            yield _row(f"uniform {bits}-bit k-means", sentences, total, info.file_bytes, ref, comp,
+                       embed(st, sentences), {"compress": t_compress, "save": t_save, "load": t_load})
+        return
+    t0 = time.perf_counter()
+    cal = calibrate_hf(model_path, calibration)
+    t_calibrate = time.perf_counter() - t0
+    for ratio in _numbers(args.ratio, float):
         t0 = time.perf_counter()
-        if args.kmeans is None:
-            loaded_st = ts.load(Path(d) / "out")
-        t_load = time.perf_counter() - t0
-        loaded = embed(loaded_st, sentences)
-    row = {"model": "all-MiniLM-L6-v2", "method": method, "sentences": len(sentences),
-           "dense_bytes": total, "file_bytes": info.file_bytes, "ratio": total / info.file_bytes,
-           **fidelity(ref, loaded), "file_reproduces_model": bool(torch.allclose(loaded, comp, atol=1e-5)),
-           "seconds": {"compress": t_compress, "save": t_save, "load": t_load}}
-    if args.kmeans is None:
+        result = compress_calibrated(cal, ratio)
+        t_compress = time.perf_counter() - t0
+        comp = embed(result.st_model, sentences)
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            info = save_compressed(result, Path(d) / "out")
+            t_save = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            loaded = embed(ts.load(Path(d) / "out"), sentences)
+            t_load = time.perf_counter() - t0
+        row = _row(f"compress_hf --ratio {ratio:g}", sentences, total, info.file_bytes, ref, comp, loaded,
+                   {"calibrate (once)": t_calibrate, "compress": t_compress, "save": t_save, "load+embed": t_load})
         row["bits"] = result.bits
-    return row
+        yield row
 
 
 if __name__ == "__main__":

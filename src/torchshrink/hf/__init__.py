@@ -9,7 +9,7 @@ sentence-transformers can use. See ``docs/hf.md``.
 
 from __future__ import annotations
 
-from .compress import Compressed, compress_hf, dense_bytes
+from .compress import Calibrated, Compressed, calibrate_hf, compress_calibrated, compress_hf, dense_bytes
 from .saved import load_any, load_hf, save_compressed
 
-__all__ = ["Compressed", "compress_hf", "dense_bytes", "load_any", "load_hf", "save_compressed"]
+__all__ = ["Calibrated", "Compressed", "calibrate_hf", "compress_calibrated", "compress_hf", "dense_bytes", "load_any", "load_hf", "save_compressed"]

@@ -24,6 +24,10 @@ CALIBRATION = "calibration_en.txt"
 BATCH = 32
 
 
+class _Enough(Exception):
+    """Raised by a hook to end a forward pass once every wanted input has been seen."""
+
+
 def read_sentences(path: str | Path) -> list[str]:
     """The non-blank lines of a UTF-8 text file, stripped."""
     p = Path(path)
@@ -57,10 +61,15 @@ def embed(model: Any, feats: Iterable[dict[str, torch.Tensor]]) -> torch.Tensor:
 
 @torch.no_grad()
 def input_hessians(model: Any, feats: Sequence[dict[str, torch.Tensor]],
-                   layers: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
-    """``{name: XᵀX}`` (float64) over the non-padding tokens each of ``layers`` receives."""
+                   layers: dict[str, nn.Linear], *, stop: bool = False) -> dict[str, torch.Tensor]:
+    """``{name: XᵀX}`` (float64) over the non-padding tokens each of ``layers`` receives.
+
+    ``stop=True`` ends each batch's forward pass as soon as every layer has seen its input
+    (each layer must then be called once per forward pass).
+    """
     out = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in layers.items()}
     mask: list[torch.Tensor] = []
+    seen: set[str] = set()
 
     def hook(name: str):
         def collect(_m: nn.Module, args: tuple, _out: Any) -> None:
@@ -71,13 +80,20 @@ def input_hessians(model: Any, feats: Sequence[dict[str, torch.Tensor]],
                 x = x[keep]
             x = x.to(torch.float64)
             out[name] += x.T @ x
+            seen.add(name)
+            if stop and len(seen) == len(out):
+                raise _Enough
         return collect
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
     try:
         for f in feats:
             mask[:] = [f["attention_mask"].bool()] if "attention_mask" in f else []
-            model(dict(f))
+            seen.clear()
+            try:
+                model(dict(f))
+            except _Enough:
+                pass
     finally:
         for h in handles:
             h.remove()

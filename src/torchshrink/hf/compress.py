@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import ModelError
+from ..errors import ModelError, RecipeError
 from ..format.streams import Options
 from ..forms.rowgrid import RowGrid
 from ..policy.search import Option, knapsack
@@ -134,21 +134,36 @@ def _sensitivity(st_model: Any, targets: dict[str, nn.Module], fit: list, held: 
     return options
 
 
+def _groups(targets: dict[str, nn.Module]) -> list[list[str]]:
+    """Targets in forward order, consecutive linear layers of one parent (query, key, value) together:
+    they read the same input, so one pass collects it for all of them."""
+    groups: list[list[str]] = []
+    for name, layer in targets.items():
+        parent = name.rpartition(".")[0]
+        if (groups and isinstance(layer, nn.Linear) and isinstance(targets[groups[-1][-1]], nn.Linear)
+                and groups[-1][-1].rpartition(".")[0] == parent):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
 @torch.no_grad()
 def _quantize(st_model: Any, targets: dict[str, nn.Module], originals: dict[str, torch.Tensor],
               bits: dict[str, int], fit: list, progress: bool) -> dict[str, dict]:
     """Quantize every target at its width in forward order, each on inputs through the quantized ones before it."""
     packed: dict[str, dict] = {}
-    for name in _track(list(targets), "quantize", progress):
-        layer = targets[name]
-        w = originals[name]
-        if isinstance(layer, nn.Linear):
-            h = input_hessians(st_model, fit, {name: layer})[name]
-            with _threads(1):
-                packed[name] = gptq(w, h, bits[name])
-        else:
-            packed[name] = round_to_grid(w, bits[name])
-        layer.weight.copy_(decoded(packed[name]))
+    for group in _track(_groups(targets), "quantize", progress):
+        linears = {n: targets[n] for n in group if isinstance(targets[n], nn.Linear)}
+        hessians = input_hessians(st_model, fit, linears, stop=True) if linears else {}
+        for name in group:
+            layer = targets[name]
+            if name in hessians:
+                with _threads(1):
+                    packed[name] = gptq(originals[name], hessians[name], bits[name])
+            else:
+                packed[name] = round_to_grid(originals[name], bits[name])
+            layer.weight.copy_(decoded(packed[name]))
     return packed
 
 
@@ -174,16 +189,28 @@ def detach_packed(targets: dict[str, nn.Module], originals: dict[str, torch.Tens
         layer.weight.copy_(originals[name])
 
 
-def compress_hf(path: str | Path, ratio: float, calibration: str | Path | None = None, *,
-                progress: bool = False) -> Compressed:
-    """Compress the sentence-transformers folder ``path`` so its ``.tsk`` is ``ratio``× smaller than fp32.
+@dataclass
+class Calibrated:
+    """What :func:`calibrate_hf` measured once for any ratio: the model, its targets, the option table."""
 
-    ``calibration``: a text file, one sentence a line (default: the English text shipped
-    with torchshrink). Returns the model with every quantized layer carrying its packed
-    form (save it with :func:`torchshrink.hf.save_compressed`).
-    """
+    st_model: Any
+    source: Path
+    targets: dict[str, nn.Module]
+    originals: dict[str, torch.Tensor]
+    fit: list
+    options: dict[str, list[Option]]
+    dense_bytes: int
+    rest_bytes: int  # the tensors stored as they are (biases, layer norms, small tables)
+
+
+def _check_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 1:
         raise ModelError(f"The ratio must be a number greater than 1. Got {ratio!r}.")
+    return float(ratio)
+
+
+def calibrate_hf(path: str | Path, calibration: str | Path | None = None, *, progress: bool = False) -> Calibrated:
+    """Steps 1-2: open the folder, read the calibration text, measure every layer's (bytes, damage) per width."""
     sentences = read_sentences(calibration if calibration is not None else default_calibration())
     if len(sentences) < MIN_SENTENCES:
         raise ModelError(f"the calibration text needs at least {MIN_SENTENCES} sentences. Got {len(sentences)}.")
@@ -194,29 +221,47 @@ def compress_hf(path: str | Path, ratio: float, calibration: str | Path | None =
     fit = batches(st_model, [s for i, s in enumerate(sentences) if i not in held_out])
     held = batches(st_model, [sentences[i] for i in sorted(held_out)])
     ref = embed(st_model, held)
-    total = dense_bytes(bert)
-    target = int(total / ratio)
     originals = {n: m.weight.detach().clone() for n, m in targets.items()}
     options = _sensitivity(st_model, targets, fit, held, ref, progress)
-    quantized = set(targets)
-    rest = sum(4 * t.numel() for n, t in bert.state_dict().items() if n.rsplit(".", 1)[0] not in quantized
-               or not n.endswith(".weight"))
-    budget = target - rest - 64 * len(bert.state_dict())  # a first guess at the header; corrected below
+    rest = sum(4 * t.numel() for n, t in bert.state_dict().items()
+               if n.rsplit(".", 1)[0] not in targets or not n.endswith(".weight"))
+    return Calibrated(st_model, Path(path), targets, originals, fit, options, dense_bytes(bert), rest)
+
+
+def compress_calibrated(cal: Calibrated, ratio: float, *, progress: bool = False) -> Compressed:
+    """Steps 3-4 for one ``ratio`` (the model of ``cal`` is changed in place; call again for another ratio)."""
+    ratio = _check_ratio(ratio)
+    bert = transformer_of(cal.st_model)
+    target = int(cal.dense_bytes / ratio)
+    budget = target - cal.rest_bytes - 64 * len(cal.targets)  # a first guess at the header; corrected below
+    size = 0
     for _ in range(RETRIES + 1):
         try:
-            choice, _front = knapsack(options, budget)
-        except Exception as exc:  # RecipeError: even the smallest widths do not fit
+            choice, _front = knapsack(cal.options, budget)
+        except RecipeError as exc:  # even the smallest widths do not fit
             raise ModelError(f"cannot reach the ratio {ratio:g}: {exc}") from None
         bits = {n: int(o.key) for n, o in choice.picks.items()}
-        detach_packed(targets, originals)
-        packed = _quantize(st_model, targets, originals, bits, fit, progress)
-        attach_packed(targets, packed)
+        detach_packed(cal.targets, cal.originals)
+        packed = _quantize(cal.st_model, cal.targets, cal.originals, bits, cal.fit, progress)
+        attach_packed(cal.targets, packed)
         size = _file_bytes(bert)
         if size <= target:
             break
         budget -= size - target + 4096
     else:
         raise ModelError(f"cannot reach the ratio {ratio:g}: the smallest file found has {size} bytes "
-                         f"({total / size:.2f}×)")
+                         f"({cal.dense_bytes / size:.2f}x)")
     predicted = {n: (int(o.cost), float(o.damage)) for n, o in choice.picks.items()}
-    return Compressed(st_model, Path(path), total, target, bits, predicted)
+    return Compressed(cal.st_model, cal.source, cal.dense_bytes, target, bits, predicted)
+
+
+def compress_hf(path: str | Path, ratio: float, calibration: str | Path | None = None, *,
+                progress: bool = False) -> Compressed:
+    """Compress the sentence-transformers folder ``path`` so its ``.tsk`` is ``ratio``× smaller than fp32.
+
+    ``calibration``: a text file, one sentence a line (default: the English text shipped
+    with torchshrink). Returns the model with every quantized layer carrying its packed
+    form (save it with :func:`torchshrink.hf.save_compressed`).
+    """
+    ratio = _check_ratio(ratio)
+    return compress_calibrated(calibrate_hf(path, calibration, progress=progress), ratio, progress=progress)
