@@ -1,4 +1,4 @@
-"""The ``torchshrink`` command line: run, auto, recipes, sensitivity, inspect, eval, bench, export.
+"""The ``torchshrink`` command line: run, auto, compress-hf, recipes, sensitivity, inspect, eval, bench, export.
 
 Bad input ends with a one-line ``error: ...`` on stderr and exit code 2; no traceback.
 """
