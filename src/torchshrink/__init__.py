@@ -17,7 +17,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"core", "data", "factorize", "format", "forms", "measure", "models", "pipeline", "prune", "quantize",
+_SUBMODULES = {"core", "data", "factorize", "format", "forms", "hf", "measure", "models", "pipeline", "prune", "quantize",
                "recipe", "report", "runtime", "sensitivity", "surgery", "techniques", "train", "weights"}
 _ATTRS = {
     "fit": ("train", "fit"),
@@ -28,7 +28,8 @@ _ATTRS = {
     "run_recipe": ("pipeline", "run_recipe"),
     "bake": ("core.transform", "bake"),
     "save": ("format", "save"),
-    "load": ("format", "load"),
+    "load": ("hf.saved", "load_any"),
+    "compress_hf": ("hf.compress", "compress_hf"),
     "TorchshrinkError": ("errors", "TorchshrinkError"),
     "calibrate": ("runtime.dispatch", "calibrate"),
     "tt_factorize": ("factorize.tt", "tt_factorize"),

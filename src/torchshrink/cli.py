@@ -1,4 +1,4 @@
-"""The ``torchshrink`` command line: run, auto, recipes, sensitivity, inspect, eval, bench, export.
+"""The ``torchshrink`` command line: run, auto, compress-hf, recipes, sensitivity, inspect, eval, bench, export.
 
 Bad input ends with a one-line ``error: ...`` on stderr and exit code 2; no traceback.
 """
@@ -116,6 +116,27 @@ def auto(
         console.print(f"best uniform policy under the same budget: file {u['file_bytes']:,} bytes, "
                       f"accuracy {u['accuracy']:.4f}")
     console.print(f"wrote {res.out / 'report.json'}, {res.out / 'model.tsk'} and {res.out / 'policy.png'}")
+
+
+@app.command("compress-hf")
+def compress_hf(
+    path: Annotated[Path, typer.Argument(help="local Hugging Face / sentence-transformers model folder")],
+    ratio: Annotated[float, typer.Option(help="fp32 state-dict bytes / model.tsk bytes to reach (> 1)")] = 8.0,
+    calibration: Annotated[Optional[Path], typer.Option(help="unlabeled text, one sentence a line "
+                                                             "(default: the English text shipped)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (configs + model.tsk)")] = Path("runs/hf"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Compress a pretrained transformer without labels (GPTQ, per-row grids, knapsack-chosen bits) to --ratio."""
+    from .hf import compress_hf as compress, save_compressed
+
+    if not math.isfinite(ratio) or ratio <= 1:
+        raise TorchshrinkError(f"--ratio must be a number greater than 1, got {ratio:g}")
+    result = compress(path, ratio, calibration, progress=progress)
+    info = save_compressed(result, out)
+    console.print(f"{path}: {result.dense_bytes:,} fp32 bytes -> {info.path} {info.file_bytes:,} bytes "
+                  f"({result.dense_bytes / info.file_bytes:.2f}x); bits per layer: "
+                  + ", ".join(f"{b}" for b in result.bits.values()))
 
 
 @app.command()

@@ -19,6 +19,7 @@ from .bitwise import Bitwise
 from .dense import Dense
 from .pq import PQ
 from .rq import RQ
+from .rowgrid import RowGrid
 from .shared import Shared
 from .shared_sparse import SharedSparse
 from .sparse import Sparse
@@ -37,6 +38,7 @@ FORMS: dict[str, Form] = {f.name: f for f in (
     TT(),
     Ternary(),
     Binary(),
+    RowGrid(),
 )}
 
 
