@@ -104,6 +104,10 @@ class FusedNet(Dispatching):
                 raise
             return getattr(twin[0], name)
 
+    def __getitem__(self, idx: Any) -> Any:
+        """Indexing reaches the twin's layers, as attributes do (``fast[2]`` of a Sequential)."""
+        return self.__dict__["_twin"][0][idx]
+
     def program(self, in_shape: tuple[int, ...]) -> tuple:
         """``(ops, ptr, idx, val, bias, width, out_shape, work)`` for one sample of shape ``in_shape``."""
         got = self._program.get(in_shape)
@@ -195,11 +199,24 @@ def fuse_net(plain: nn.Module, fast: nn.Module) -> nn.Module:
     """``fast`` as one :class:`FusedNet` when ``plain`` is a conv / pool / ReLU / Linear chain, else ``fast``.
 
     ``plain`` holds the decoded weights; the program reads them. A model with no runtime
-    layer (nothing compressed) stays as it is.
+    layer (nothing compressed) stays as it is, and so does one with a layer of another
+    form (ternary, binary, PQ, TT...): those run their own per-layer kernels, which the
+    sparse program would replace by its walk over the decoded nonzeros.
     """
     from .modules import runtime_layers
 
     chain = net_chain(plain)
-    if chain is None or runtime_layers(fast) == 0:
+    if chain is None or runtime_layers(fast) == 0 or not _sparse_only(fast):
         return fast
     return FusedNet(chain)
+
+
+def _sparse_only(fast: nn.Module) -> bool:
+    """Every runtime layer of ``fast`` is a sparse or shared-weights (Deep Compression / EIE) layer."""
+    from .modules import CompressedConv2d, CompressedLinear
+    from .shared import SharedWeightsKernel
+    from .sparse import SparseKernel
+
+    layers = [m for m in fast.modules() if hasattr(m, "weight_bytes")]
+    return all(isinstance(m, (CompressedLinear, CompressedConv2d))
+               and isinstance(m.weight_, (SharedWeightsKernel, SparseKernel)) for m in layers)
