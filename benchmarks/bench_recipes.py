@@ -38,20 +38,12 @@ def make_file(name: str, work: Path, epochs: int) -> Path:
     from rich.console import Console
 
     from torchshrink.pipeline import run_recipe
-    from torchshrink.recipe import load_recipe
+    from torchshrink.recipe import load_recipe, short_run_overrides
 
     out = work / name
     if (out / "model.tsk").exists():
         return out / "model.tsk"
-    recipe = load_recipe(name)
-    sets = ["data.name=digits", "data.download=false", "baseline.train.epochs=1", "measure.latency=false"]
-    for i, stage in enumerate(recipe.stages):
-        block = "train" if stage.technique == "small_dense" else "finetune"
-        sets.append(f"stages.{i}.{block}.epochs={epochs}")
-        if stage.technique == "agp":
-            sets += [f"stages.{i}.end_epoch={max(1, epochs - 1)}", f"stages.{i}.frequency=5"]
-        if stage.technique == "magnitude":
-            sets.append(f"stages.{i}.iterations={epochs}")
+    sets = short_run_overrides(load_recipe(name), epochs)
     run_recipe(load_recipe(name, sets), out, progress=False, console=Console(file=io.StringIO()))
     return out / "model.tsk"
 

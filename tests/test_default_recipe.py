@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from torchshrink.pipeline import run_recipe
-from torchshrink.recipe import load_recipe, shipped_recipes
+from torchshrink.recipe import load_recipe, shipped_recipes, short_run_overrides
 
 
 def test_default_recipe_prunes_12x_within_half_a_point(tmp_path):
@@ -43,14 +43,7 @@ def test_every_shipped_recipe_runs_end_to_end_on_digits(name, tmp_path):
     test of their own (its main model is left as it was, so the checks here do not apply).
     """
     recipe = load_recipe(name)
-    sets = ["data.name=digits", "data.download=false", "baseline.train.epochs=1", "measure.latency=false"]
-    for i, stage in enumerate(recipe.stages):
-        block = "train" if stage.technique == "small_dense" else "finetune"
-        sets.append(f"stages.{i}.{block}.epochs=3")
-        if stage.technique == "agp":
-            sets += [f"stages.{i}.end_epoch=2", f"stages.{i}.frequency=5"]
-        if stage.technique == "magnitude":
-            sets.append(f"stages.{i}.iterations=3")
+    sets = short_run_overrides(recipe, epochs=3)
     res = run_recipe(load_recipe(name, sets), tmp_path, progress=False, console=Console(file=io.StringIO()))
     rep = res.report
     if any(s.technique == "bitwise" for s in recipe.stages):  # 1 bit a weight; input bit-planes widen fc1

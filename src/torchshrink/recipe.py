@@ -347,3 +347,20 @@ def _members(tp: Any) -> list[Any]:
         else:
             stack.extend(get_args(t))
     return out
+
+
+def short_run_overrides(recipe: Recipe, epochs: int = 3) -> list[str]:
+    """``--set`` overrides that run ``recipe`` quickly on digits: baseline 1 epoch, each stage ``epochs``.
+
+    The file then has the recipe's forms, layer shapes and pipeline, not its paper figures
+    (how the tests check every shipped recipe, and how ``benchmarks/bench_recipes.py`` makes files).
+    """
+    sets = ["data.name=digits", "data.download=false", "baseline.train.epochs=1", "measure.latency=false"]
+    for i, stage in enumerate(recipe.stages):
+        block = "train" if stage.technique == "small_dense" else "finetune"
+        sets.append(f"stages.{i}.{block}.epochs={epochs}")
+        if stage.technique == "agp":
+            sets += [f"stages.{i}.end_epoch={max(1, epochs - 1)}", f"stages.{i}.frequency=5"]
+        if stage.technique == "magnitude":
+            sets.append(f"stages.{i}.iterations={epochs}")
+    return sets
