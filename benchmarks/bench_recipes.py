@@ -8,8 +8,9 @@ the file has the recipe's forms, sparsity pattern kinds and layer shapes, which 
 the runtime's speed depends on. Then ``torchshrink bench FILE --json`` runs twice, each
 in a fresh process (the second reads the dispatch cache the first wrote and re-verifies
 it, as a user's second run would), and the script prints per recipe and batch size the
-two speedups (decoded dense ms / runtime ms, medians), whether each is >= 1.0 and whether
-the two runs agree within 20 % (``|a - b| / max(a, b) <= 0.2``).
+two speedups (decoded dense ms / runtime ms, medians), how many layers ran a kernel, whether
+the runtime was slower ("no": both >= 1.0; "within noise": the lower one within 3 % of 1)
+and whether the two runs agree within 20 % (``|a - b| / max(a, b) <= 0.2``).
 
 Time it only on a quiet machine (``flock -x /tmp/cpu.lock``); making the files is not
 timed and can run first with ``--make-only``.
@@ -31,21 +32,31 @@ from pathlib import Path
 
 #: Runs of bench that differ by more than this fraction (of the larger) disagree.
 AGREEMENT = 0.2
+#: A speed-up this close below 1 is "within noise": two benches of one file, and files whose
+#: every layer runs dense (the runtime model then computes exactly what the dense one does),
+#: differ by this much on a quiet machine.
+NOISE = 0.03
 
 
-def make_file(name: str, work: Path, epochs: int) -> Path:
-    """``work/name/model.tsk`` made by recipe ``name`` with short training on digits (kept if already there)."""
+def make_files(name: str, work: Path, epochs: int) -> list[tuple[str, Path]]:
+    """``work/name/model.tsk`` made by recipe ``name`` with short training on digits (kept if already there).
+
+    With it come a comparison's method files (``compare/<label>.tsk``, named ``name/label``;
+    not the unchanged baseline's), since those are the forms such a recipe is about.
+    """
     from rich.console import Console
 
     from torchshrink.pipeline import run_recipe
     from torchshrink.recipe import load_recipe, short_run_overrides
 
     out = work / name
-    if (out / "model.tsk").exists():
-        return out / "model.tsk"
-    sets = short_run_overrides(load_recipe(name), epochs)
-    run_recipe(load_recipe(name, sets), out, progress=False, console=Console(file=io.StringIO()))
-    return out / "model.tsk"
+    if not (out / "model.tsk").exists():
+        sets = short_run_overrides(load_recipe(name), epochs)
+        run_recipe(load_recipe(name, sets), out, progress=False, console=Console(file=io.StringIO()))
+    baselines = {s.include_baseline for s in load_recipe(name).stages if getattr(s, "include_baseline", None)}
+    methods = [f for f in sorted((out / "compare").glob("*.tsk"))
+               if not any(f.stem == b or f.stem.endswith(f"-{b}") for b in baselines)]
+    return [(name, out / "model.tsk")] + [(f"{name}/{f.stem}", f) for f in methods]
 
 
 def bench_once(file: Path, batch: str, repeats: int, max_seconds: float) -> dict:
@@ -65,9 +76,12 @@ def compare(name: str, runs: list[dict]) -> list[dict]:
     rows = []
     for a, b in zip(runs[0]["rows"], runs[1]["rows"]):
         s = [a["speedup"], b["speedup"]]
+        kernels = sum(1 for k, p in b["paths"].items() if p in ("kernel", "fused") and not k.startswith("("))
+        slower = "no" if min(s) >= 1.0 else "within noise" if min(s) >= 1.0 - NOISE else "yes"
         rows.append({"recipe": name, "batch": a["batch"], "speedup": [round(v, 3) for v in s],
-                     "never_slower": min(s) >= 1.0, "agree": abs(s[0] - s[1]) / max(s) <= AGREEMENT,
-                     "noisy": a["noisy"] or b["noisy"], "paths": b["paths"]})
+                     "never_slower": min(s) >= 1.0, "slower": slower, "kernel_layers": kernels,
+                     "agree": abs(s[0] - s[1]) / max(s) <= AGREEMENT, "noisy": a["noisy"] or b["noisy"],
+                     "paths": b["paths"]})
     return rows
 
 
@@ -93,24 +107,25 @@ def main() -> None:
     rows: list[dict] = []
     for name in names:
         try:
-            file = make_file(name, work, args.epochs)
+            files = make_files(name, work, args.epochs)
         except Exception as e:  # noqa: BLE001 - one recipe failing to build is reported, the others still run
             rows.append({"recipe": name, "error": f"making the file: {type(e).__name__}: {e}"[:200]})
             continue
-        if args.make_only:
-            rows.append({"recipe": name, "file": str(file), "bytes": file.stat().st_size})
-            continue
-        rows += compare(name, [bench_once(file, args.batch, args.repeats, args.max_seconds) for _ in range(2)])
+        for label, file in files:
+            if args.make_only:
+                rows.append({"recipe": label, "file": str(file), "bytes": file.stat().st_size})
+                continue
+            rows += compare(label, [bench_once(file, args.batch, args.repeats, args.max_seconds) for _ in range(2)])
     if args.json:
         print(json.dumps({"work": str(work), "rows": rows}))
         return
     for r in rows:
         if "speedup" in r:
             a, b = r["speedup"]
-            print(f"{r['recipe']:28s} b{r['batch']:<3d} {a:6.2f}x {b:6.2f}x  never slower: {r['never_slower']!s:5s} "
-                  f"agree: {r['agree']!s:5s}{'  (noisy)' if r['noisy'] else ''}")
+            print(f"{r['recipe']:36s} b{r['batch']:<3d} {a:6.2f}x {b:6.2f}x  kernel layers {r['kernel_layers']:3d}  "
+                  f"slower: {r['slower']:12s} agree: {r['agree']!s:5s}{'  (noisy)' if r['noisy'] else ''}")
         else:
-            print(f"{r['recipe']:28s} {r.get('error') or r.get('file')}")
+            print(f"{r['recipe']:36s} {r.get('error') or r.get('file')}")
 
 
 if __name__ == "__main__":

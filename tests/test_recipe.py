@@ -74,3 +74,21 @@ def test_overrides_set_nested_values_and_list_items():
 def test_bad_overrides(item, message):
     with pytest.raises(RecipeError, match=message):
         apply_override({"seed": 0, "stages": [{}]}, item)
+
+
+def test_short_run_overrides_shorten_every_stage_and_comparison_method_but_never_lengthen():
+    from torchshrink.recipe import short_run_overrides
+
+    for name in shipped_recipes():
+        recipe = load_recipe(name)
+        sets = short_run_overrides(recipe, epochs=3)
+        short = load_recipe(name, sets)  # every override names a real key
+        assert short.baseline.train.epochs == 1 and short.data.name == "digits"
+        for full, cut in zip(recipe.stages, short.stages):
+            pairs = list(zip(getattr(full, "methods", None) or [full], getattr(cut, "methods", None) or [cut]))
+            for a, b in pairs:
+                block = "train" if a.technique == "small_dense" else "finetune"
+                if getattr(a, block, None) is not None:
+                    assert getattr(b, block).epochs == min(getattr(a, block).epochs, 3)
+    qcnn = short_run_overrides(load_recipe("wu2016_qcnn"))
+    assert "stages.0.methods.2.finetune.epochs=0" in qcnn and "stages.1.finetune.epochs=0" in qcnn

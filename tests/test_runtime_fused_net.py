@@ -78,3 +78,22 @@ def test_a_loaded_lenet5_runs_fused_and_exact(tmp_path) -> None:
         y, ref = fast(x), plain(x)
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
         assert torch.equal(y.argmax(1), ref.argmax(1))
+
+
+def test_every_convolution_op_equals_the_plain_layers(monkeypatch) -> None:
+    """Stride 1 runs wide rows, stride 2 im2col rows; with no room for im2col, the per-position loops."""
+    import torchshrink.runtime.fused_net as fn
+    from torchshrink.runtime._fused_net_kernels import CONV, CONV_COLS
+
+    torch.manual_seed(1)
+    model = Odd().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_((torch.rand_like(p) > 0.5).float())
+    x = torch.randn(3, 3, 11, 13)
+    for cap, kinds in ((fn.MAX_COLS, [CONV_COLS, CONV_COLS]), (0, [CONV, CONV_COLS])):
+        monkeypatch.setattr(fn, "MAX_COLS", cap)
+        fused = FusedNet(net_chain(model))
+        ops = fused.program(tuple(x.shape[1:]))[0]
+        assert [int(k) for k in ops[:, 0] if k in (CONV, CONV_COLS)] == kinds  # conv1 strided, conv2 stride 1
+        torch.testing.assert_close(fused.run_kernel(x), model(x), rtol=1e-5, atol=1e-5)

@@ -350,17 +350,32 @@ def _members(tp: Any) -> list[Any]:
 
 
 def short_run_overrides(recipe: Recipe, epochs: int = 3) -> list[str]:
-    """``--set`` overrides that run ``recipe`` quickly on digits: baseline 1 epoch, each stage ``epochs``.
+    """``--set`` overrides that run ``recipe`` quickly on digits: baseline 1 epoch, each stage at most ``epochs``.
 
     The file then has the recipe's forms, layer shapes and pipeline, not its paper figures
     (how the tests check every shipped recipe, and how ``benchmarks/bench_recipes.py`` makes files).
+    A comparison's methods are shortened the same way; a stage that trains fewer epochs
+    (Q-CNN's and Gong et al.'s 0: no fine-tuning, as in the papers) keeps its own.
     """
+    from .techniques import TECHNIQUES
+
     sets = ["data.name=digits", "data.download=false", "baseline.train.epochs=1", "measure.latency=false"]
-    for i, stage in enumerate(recipe.stages):
+
+    def shorten(stage: StageSpec, at: str) -> None:
+        nested = TECHNIQUES[stage.technique].stage_list
+        if nested is not None:
+            for j, inner in enumerate(getattr(stage, nested)):
+                shorten(inner, f"{at}.{nested}.{j}")
+            return
         block = "train" if stage.technique == "small_dense" else "finetune"
-        sets.append(f"stages.{i}.{block}.epochs={epochs}")
+        current = getattr(getattr(stage, block, None), "epochs", None)
+        if current is not None:
+            sets.append(f"{at}.{block}.epochs={min(current, epochs)}")
         if stage.technique == "agp":
-            sets += [f"stages.{i}.end_epoch={max(1, epochs - 1)}", f"stages.{i}.frequency=5"]
+            sets.extend([f"{at}.end_epoch={max(1, epochs - 1)}", f"{at}.frequency=5"])
         if stage.technique == "magnitude":
-            sets.append(f"stages.{i}.iterations={epochs}")
+            sets.append(f"{at}.iterations={epochs}")
+
+    for i, stage in enumerate(recipe.stages):
+        shorten(stage, f"stages.{i}")
     return sets

@@ -28,9 +28,12 @@ import torch
 from torch import fx, nn
 
 from ._common import run_kernel
-from ._fused_net_kernels import CONV, LINEAR, POOL, RELU, fused_net
+from ._fused_net_kernels import CONV, CONV_COLS, LANES, LINEAR, POOL, RELU, fused_net
 from .dispatch import Dispatching
 from .modules import im2col_ok
+
+#: Largest ``im2col`` (floats per sample) a convolution runs as ``CONV_COLS``; larger planes run ``CONV``.
+MAX_COLS = 1 << 16
 
 _PASS = (nn.Dropout, nn.Identity)
 
@@ -121,7 +124,7 @@ class FusedNet(Dispatching):
         n = x.shape[0]
         xa = x.detach().to(torch.float32).reshape(n, -1).contiguous().numpy()
         out = np.empty((n, int(np.prod(out_shape))), np.float32)
-        bufs = np.empty((n, 3, width), np.float32)
+        bufs = np.empty((n, 4, width), np.float32)
         run_kernel(fused_net, work * n, xa, ops, ptr, idx, val, bias, out, bufs)
         y = torch.from_numpy(out).reshape(n, *out_shape)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
@@ -160,9 +163,18 @@ def _compile(layers: list[nn.Module], in_shape: tuple[int, ...]) -> tuple:
             o, ci, ky, kx = np.nonzero(dense)
             ptr = np.zeros(m.out_channels + 1, np.int64)
             np.cumsum(np.bincount(o, minlength=m.out_channels), out=ptr[1:])
-            rows.append([CONV, c, h, w, ph, pw, sh, sw, oh, ow, m.out_channels, n_ptr, n_bias])
-            weights(ptr, ci * hp * wp + ky * dh * wp + kx * dw, dense[o, ci, ky, kx], m.bias, m.out_channels)
-            width = max(width, c * hp * wp)
+            wide = sh == 1 and sw == 1  # CONV_COLS reads the padded input directly (see the kernel module)
+            cols = m.out_channels * oh * wp + LANES if wide else c * kh * kw * -(-oh * ow // LANES) * LANES
+            offsets = ci * hp * wp + ky * dh * wp + kx * dw
+            if wide or cols <= MAX_COLS:
+                rows.append([CONV_COLS, c, h, w, ph, pw, sh, sw, oh, ow, m.out_channels, n_ptr, n_bias, kh, kw, dh, dw])
+                weights(ptr, offsets if wide else (ci * kh + ky) * kw + kx, dense[o, ci, ky, kx], m.bias,
+                        m.out_channels)
+            else:
+                rows.append([CONV, c, h, w, ph, pw, sh, sw, oh, ow, m.out_channels, n_ptr, n_bias])
+                weights(ptr, offsets, dense[o, ci, ky, kx], m.bias, m.out_channels)
+                cols = 0
+            width = max(width, c * hp * wp + LANES, cols, m.out_channels * oh * ow + LANES)
             work += o.size * oh * ow
             shape = (m.out_channels, oh, ow)
         elif isinstance(m, nn.Linear):
@@ -188,7 +200,7 @@ def _compile(layers: list[nn.Module], in_shape: tuple[int, ...]) -> tuple:
         else:  # nn.Flatten
             shape = (int(np.prod(shape)),)
         width = max(width, int(np.prod(shape)))
-    ops = np.zeros((len(rows), 13), np.int64)
+    ops = np.zeros((len(rows), 17), np.int64)
     for r, row_ in enumerate(rows):
         ops[r, :len(row_)] = row_
     return (ops, np.concatenate(ptrs), np.concatenate(idxs), np.concatenate(vals), np.concatenate(biases), width,
