@@ -287,3 +287,61 @@ def test_shipped_recipe_compares_the_mlp_and_the_cnn() -> None:
     r = load_recipe("hou2017_lab")
     assert r.model.name == "lenet300" and r.stages[0].models == ["lenet5"]
     assert r.stages[0].report_key == "comparison"
+
+
+def test_8_bit_grid_biases_and_bwn_alpha_train_and_store_exactly_in_8_bits(tmp_path) -> None:
+    """bias_bits / alpha_bits 8: k · 2^e values in forward (straight-through), one byte each in the file."""
+    from torchshrink.quantize.pow2 import grid_codes
+
+    torch.manual_seed(0)
+    model = binarize(mlp(), "bwn", half_bias=True, bias_bits=8, alpha_bits=8)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 12)).square().sum().backward()
+        opt.step()
+    assert original(model[0], "bias").grad.abs().sum() > 0 and original(model[0]).grad.abs().sum() > 0
+    bias = model[0].bias.detach()
+    alpha = find(model[0], BinaryWeights).scale(original(model[0])).reshape(-1).detach()
+    for v, signed in ((bias, True), (alpha, False)):  # on one power-of-two grid with 8-bit codes
+        assert grid_codes(v.numpy(), 8, signed) is not None
+        assert grid_codes(v.numpy() * 1.001, 8, signed) is None  # what an off-grid vector gives
+    save(model, tmp_path / "g.tsk")
+    f = read_tsk(tmp_path / "g.tsk")
+    assert f.record("0.bias")["codec"] == "dense:int8(exact)" and f.nbytes("0.bias") == 20
+    assert f.record("0.weight")["codec"].endswith("alpha/channel:8b")
+    assert f.nbytes("0.weight") == 20 * 12 // 8 + 20  # sign bits + one byte of α per channel
+    assert torch.equal(f.tensor("0.bias"), bias)
+    assert np.array_equal(f.array("0.weight"), model[0].weight.detach().numpy())  # bit for bit
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(load(tmp_path / "g.tsk", model=mlp(), dense=True)(x), model(x), rtol=0, atol=0)
+
+
+def test_grid_codes_are_exact_or_refused() -> None:
+    from torchshrink.quantize.pow2 import grid_codes, grid_values, round_to_grid
+
+    torch.manual_seed(0)
+    for signed, x in ((True, torch.randn(300) * 0.1), (False, torch.rand(64) * 3 + 0.01)):
+        q = round_to_grid(x, 8, signed).numpy()
+        codes, e = grid_codes(q, 8, signed)
+        assert np.array_equal(grid_values(codes, e, 8, signed).view(np.uint32), q.view(np.uint32))
+        assert np.abs(q - x.numpy()).max() <= 2.0 ** (e - 1) + 1e-12  # round to nearest on the grid
+    assert grid_codes(np.array([0.1, 0.2], np.float32)) is None  # not on an 8-bit grid
+    assert grid_codes(np.array([-0.0, 1.0], np.float32)) is None  # -0.0 would come back as +0.0
+    assert grid_codes(np.array([np.nan], np.float32)) is None
+    assert grid_codes(np.array([-1.0], np.float32), signed=False) is None
+
+
+def test_a_dense_or_binary_record_with_a_bad_grid_exponent_is_refused() -> None:
+    from torchshrink.errors import TskFormatError
+
+    data = {"data": np.array([129, 127], np.uint8), "alpha": np.array([3, 4], np.uint8),
+            "positive": np.array([[1, 0], [0, 1]], np.uint8)}
+    read = lambda role, shape=None, ndim=None: data[role]  # noqa: E731
+    for exp in (10_000, 1.5, True):
+        with pytest.raises(TskFormatError, match="exp"):
+            FORMS["dense"].decode(read, {"shape": [2], "dtype": "float32", "params": {"exp": exp}, "streams": {}})
+        with pytest.raises(TskFormatError, match="alpha_exp"):
+            FORMS["binary"].decode(read, {"shape": [2, 2], "params": {"alpha_exp": exp}, "streams": {}})
+    got = FORMS["dense"].decode(read, {"shape": [2], "dtype": "float32", "params": {"exp": -2}, "streams": {}})
+    assert got.tolist() == [0.25, -0.25]

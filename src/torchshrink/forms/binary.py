@@ -6,8 +6,10 @@ Packed kind ``"binary"``::
     W = where(positive, α, -α)        # n = out: α per output channel (BWN); n = 1: one per layer
 
 Streams: ``positive``, one bit per weight (bit-packed; signs are near balanced, so
-Huffman never pays), and, for α per channel, ``alpha`` (fp16 when every value is exactly
-a float16, as BWN's rounded per-channel scales are, else fp32). A per-layer α lives in
+Huffman never pays), and, for α per channel, ``alpha``: 8-bit codes ``k`` with
+``α = k · 2^alpha_exp`` (``alpha_exp`` in params) when the scales lie on such a grid, as
+BWN's trained with ``alpha_bits: 8`` do (:mod:`~torchshrink.quantize.pow2`); else fp16
+when every value is exactly a float16 (``alpha_bits: 16``), else fp32. A per-layer α lives in
 the record's params instead (``{"alpha": α, "inline": 1}``; a float32 value written as
 JSON reads back bit for bit), which saves a stream record, its checksum and its blob
 span: on a 50k-weight MLP the header is a tenth of the file. Files whose per-layer α
@@ -27,7 +29,11 @@ from torch import nn
 
 from ..format.errors import TskFormatError, check_shape
 from ..format.streams import FLOAT_CODECS, Encoded, Options, float_stream, int_stream
+from ..quantize.pow2 import grid_codes, grid_values
 from .base import Form, StreamReader, codes, floats, get
+
+#: Exponents a grid α may have: float32's normal range, with room for the 8-bit code.
+EXP_RANGE = (-140, 120)
 
 
 def inline_floats(params: Mapping[str, Any], keys: tuple[str, ...], form: str) -> np.ndarray:
@@ -55,13 +61,21 @@ class Binary(Form):
     weight_role = "positive"
 
     def roles(self, params: Mapping[str, Any], name: str) -> dict[str, tuple[str, ...]]:
-        return {"positive": self.ROLES["positive"]} if params.get("inline") == 1 else self.ROLES
+        if params.get("inline") == 1:
+            return {"positive": self.ROLES["positive"]}
+        if "alpha_exp" in params:
+            return {"positive": self.ROLES["positive"], "alpha": ("bitpack",)}
+        return self.ROLES
 
     def encode(self, value: dict, plan: Any, opts: Options) -> Encoded:
         alpha = np.ascontiguousarray(value["alpha"], dtype=np.float32).reshape(-1)
         positive = int_stream("positive", value["positive"], 1, False)
         if alpha.size == 1:  # exact: float(np.float32) -> JSON -> float32 is the identity
             return Encoded("binary", "binary(1b)", {"alpha": float(alpha[0]), "inline": 1}, [positive])
+        grid = grid_codes(alpha, 8, signed=False)
+        if grid is not None:  # BWN's α trained on an 8-bit power-of-two grid
+            return Encoded("binary", "binary(1b),alpha/channel:8b", {"alpha_mean": float(alpha.mean()),
+                           "alpha_exp": grid[1]}, [positive, int_stream("alpha", grid[0], 8, False)])
         half = bool(np.array_equal(alpha.astype(np.float16).astype(np.float32), alpha))  # exact in fp16 (BWN's α)
         return Encoded("binary", "binary(1b),alpha/channel", {"alpha_mean": float(alpha.mean())},
                        [positive, float_stream("alpha", alpha, "float16" if half else None)])
@@ -69,6 +83,12 @@ class Binary(Form):
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> dict:
         if rec["params"].get("inline") == 1:
             alpha = inline_floats(rec["params"], ("alpha",), "binary")
+        elif "alpha_exp" in rec["params"]:
+            exp = rec["params"]["alpha_exp"]
+            if not isinstance(exp, int) or isinstance(exp, bool) or not EXP_RANGE[0] <= exp <= EXP_RANGE[1]:
+                raise TskFormatError(f"a binary record's alpha_exp must be an integer in {list(EXP_RANGE)}; "
+                                     "the file is corrupted.")
+            alpha = grid_values(read("alpha", ndim=1), exp, 8, signed=False)
         else:
             alpha = read("alpha", ndim=1).astype(np.float32)  # fp16 where that was exact
         return {"form": "binary", "shape": rec["shape"], "positive": read("positive", rec["shape"]), "alpha": alpha}

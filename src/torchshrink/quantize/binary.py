@@ -40,6 +40,7 @@ from ..core.transform import WeightTransform, attach, iter_transforms, original,
 from ..errors import ModelError, RecipeError
 from ..train import Callback, TrainContext
 from .half_bias import half_biases
+from .pow2 import round_to_grid
 from .ternary import first_last
 
 METHOD = OneOf(("connect", "bwn", "lab"))
@@ -66,14 +67,20 @@ class _SignSTE(torch.autograd.Function):
         return torch.where(w.abs() <= ctx.limit, g, g.new_zeros(())), None
 
 
-def bwn_alpha(w: torch.Tensor) -> torch.Tensor:
+def bwn_alpha(w: torch.Tensor, bits: int = 16) -> torch.Tensor:
     """BWN's α: mean |w| per output channel (Rastegari et al. 2016, Eq. 6), shape ``(out, 1, ...)``.
 
-    α is rounded to the nearest float16 (relative error <= 2^-11, far below the
-    binarization's): the file then stores the per-channel scales in 2 bytes each, exactly.
+    α is rounded, with a straight-through gradient, to the nearest float16 (``bits`` 16,
+    relative error <= 2^-11) or to the layer's 8-bit power-of-two grid (``bits`` 8,
+    ``α_o = k_o · 2^e``, ``k_o <= 255``: error <= 2^-9 of the largest α, see
+    :mod:`~torchshrink.quantize.pow2`); both far below the binarization's. The file then
+    stores the per-channel scales in 2 or 1 bytes each, exactly.
     """
     alpha = w.abs().reshape(w.shape[0], -1).mean(1)
-    alpha = alpha + (alpha.to(torch.float16).to(w.dtype) - alpha).detach()  # exact rounding, full-precision grad
+    if bits == 8:
+        alpha = round_to_grid(alpha, 8, signed=False)
+    else:
+        alpha = alpha + (alpha.to(torch.float16).to(w.dtype) - alpha).detach()  # exact rounding, full-precision grad
     return alpha.reshape(w.shape[0], *([1] * (w.dim() - 1)))
 
 
@@ -92,11 +99,14 @@ class BinaryWeights(WeightTransform):
         alpha: buffer, the per-layer scale of ``connect`` (``H``) and ``lab`` (updated by
             :class:`LAB`), shape ``(1,)``; ``bwn`` computes its per-channel α in forward.
         stochastic: BinaryConnect's stochastic binarization while training.
+        alpha_bits: 16 (float16) or 8 (a power-of-two grid): how BWN's per-channel α is
+            rounded (:func:`bwn_alpha`) and so stored.
     """
 
-    def __init__(self, method: str, alpha: float, *, stochastic: bool = False) -> None:
+    def __init__(self, method: str, alpha: float, *, stochastic: bool = False, alpha_bits: int = 16) -> None:
         super().__init__()
         self.method = check(method, "method", "binary", METHOD)
+        self.alpha_bits = check(alpha_bits, "alpha_bits", "binary", OneOf((8, 16)))
         if stochastic and self.method != "connect":
             raise ModelError("The 'stochastic' parameter of binary applies to method 'connect' only.")
         self.stochastic = bool(stochastic)
@@ -105,12 +115,12 @@ class BinaryWeights(WeightTransform):
     def scale(self, w: torch.Tensor) -> torch.Tensor:
         """α as used in forward: per output channel (``bwn``) or the per-layer buffer."""
         if self.method == "bwn":
-            return bwn_alpha(w)
+            return bwn_alpha(w, self.alpha_bits)
         return self.alpha.to(w.dtype).reshape(())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.method == "bwn":  # α(w) · sign(w): autograd gives the α term, the STE the sign term
-            return bwn_alpha(w) * _SignSTE.apply(w, 1.0)
+            return bwn_alpha(w, self.alpha_bits) * _SignSTE.apply(w, 1.0)
         alpha = self.alpha.to(w.dtype).reshape(())
         if self.stochastic and self.training and torch.is_grad_enabled():
             p = ((w.detach() / alpha + 1) / 2).clamp(0, 1)  # hard sigmoid (BinaryConnect Eq. 3)
@@ -129,7 +139,9 @@ class BinaryWeights(WeightTransform):
 
     def extra_repr(self) -> str:
         extra = ", stochastic" if self.stochastic else ""
-        return f"method={self.method}{extra}" + ("" if self.method == "bwn" else f", alpha={float(self.alpha):.4g}")
+        if self.method == "bwn":
+            return f"method=bwn, alpha_bits={self.alpha_bits}"
+        return f"method={self.method}{extra}, alpha={float(self.alpha):.4g}"
 
 
 class ClipLatent(Callback):
@@ -185,11 +197,15 @@ def binarize(
     exclude: Sequence[str] | str | None = None,
     keep_first_last: bool = False,
     half_bias: bool = False,
+    bias_bits: int = 16,
+    alpha_bits: int = 16,
 ) -> nn.Module:
     """Attach :class:`BinaryWeights` to the selected layers of ``model`` (in place).
 
-    With ``half_bias`` their biases are trained float16-representable
-    (:mod:`~torchshrink.quantize.half_bias`), so the file stores them exactly in 16 bits.
+    With ``half_bias`` their biases are trained float16-representable (``bias_bits`` 16)
+    or on an 8-bit power-of-two grid (8; :mod:`~torchshrink.quantize.half_bias`), so the
+    file stores them exactly in that many bits. ``alpha_bits`` is the same for BWN's
+    per-channel α (:func:`bwn_alpha`).
 
     ``connect`` starts its latent weights clipped to ``[-H, H]`` (``scale``: ``"glorot"`` or
     ``"one"``); ``lab`` starts with ``α = mean|w|`` (uniform ``d``) until Adam's first step.
@@ -215,9 +231,9 @@ def binarize(
             w.clamp_(-alpha, alpha)
         else:
             alpha = float(w.abs().mean())
-        attach(layer, BinaryWeights(method, alpha, stochastic=stochastic).to(w.device))
+        attach(layer, BinaryWeights(method, alpha, stochastic=stochastic, alpha_bits=alpha_bits).to(w.device))
     if half_bias:
-        half_biases([layer for _, layer in chosen])
+        half_biases([layer for _, layer in chosen], bias_bits)
     return model
 
 
@@ -230,8 +246,12 @@ class BinarySpec(LayerStage):
     stochastic: bool = Field(False, description="BinaryConnect's stochastic binarization")
     scale: Literal["glorot", "one"] = Field("glorot", description="BinaryConnect's H: Glorot scale or 1")
     keep_first_last: bool = Field(False, description="leave the first and last layer full precision")
-    half_bias: bool = Field(True, description="train the binarized layers' biases float16-representable "
-                            "(stored exactly in 16 bits)")
+    half_bias: bool = Field(True, description="train the binarized layers' biases on a low-precision grid "
+                            "(bias_bits), stored exactly")
+    bias_bits: Literal[8, 16] = Field(8, description="with half_bias: 16 = float16 biases, 8 = int8 times a "
+                                      "power of two per layer")
+    alpha_bits: Literal[8, 16] = Field(8, description="BWN's per-channel alpha: 16 = float16, 8 = uint8 times a "
+                                       "power of two per layer")
 
 
 def _apply(ctx: Any, spec: BinarySpec, finetune: Any) -> Step:
@@ -241,7 +261,8 @@ def _apply(ctx: Any, spec: BinarySpec, finetune: Any) -> Step:
     if spec.stochastic and spec.method != "connect":
         raise RecipeError("stochastic: true applies to method 'connect' only")
     binarize(ctx.model, spec.method, stochastic=spec.stochastic, scale=spec.scale, layers=spec.layers,
-             exclude=spec.exclude, keep_first_last=spec.keep_first_last, half_bias=spec.half_bias)
+             exclude=spec.exclude, keep_first_last=spec.keep_first_last, half_bias=spec.half_bias,
+             bias_bits=spec.bias_bits, alpha_bits=spec.alpha_bits)
     callbacks: list[Callback] = {"connect": [ClipLatent()], "lab": [LAB()], "bwn": []}[spec.method]
     return Step(callbacks=callbacks)
 

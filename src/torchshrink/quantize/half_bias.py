@@ -1,4 +1,4 @@
-"""Biases kept float16-representable while training, so the file stores them exactly in 16 bits.
+"""Biases kept float16-representable (or on an 8-bit grid) while training, so the file stores them exactly.
 
 A 1-bit or ternary weight leaves the fp32 biases a large share of a small model's file
 (LeNet-300-100 on digits: 1,640 bytes of biases against 6,275 of weight bits). The
@@ -8,6 +8,10 @@ through to the fp32 latent bias (as BinaryConnect's sign does, Courbariaux et al
 §2.3), so fine-tuning adapts to the rounding. The effective bias is then exactly a float16
 value, which the ``dense`` form stores in 16 bits without loss (what is saved is what is
 loaded; the accuracy reported is that of the rounded biases).
+
+:class:`GridBias` does the same with the 8-bit power-of-two grid of
+:mod:`~torchshrink.quantize.pow2` (``k · 2^e``, ``|k| <= 127``, one ``e`` per bias
+vector), which the ``dense`` form stores in 8 bits a value, exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from ..core.transform import WeightTransform, attach
+from .pow2 import round_to_grid
 
 #: Largest finite float16.
 FP16_MAX = 65504.0
@@ -29,12 +34,21 @@ class HalfBias(WeightTransform):
         return rounded + (b - b.detach())
 
 
-def half_biases(layers: list[nn.Module]) -> int:
-    """Attach :class:`HalfBias` to the bias of each layer that has a float32 one; return how many."""
+class GridBias(WeightTransform):
+    """``b ↦ k · 2^e`` (8-bit signed ``k``, see :mod:`~torchshrink.quantize.pow2`) forward, straight-through gradient."""
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        return round_to_grid(b, 8, signed=True)
+
+
+def half_biases(layers: list[nn.Module], bits: int = 16) -> int:
+    """Attach :class:`HalfBias` (``bits`` 16) or :class:`GridBias` (8) to each float32 bias; return how many."""
+    if bits not in (8, 16):
+        raise ValueError(f"bias bits must be 8 or 16, got {bits}")
     count = 0
     for layer in layers:
         bias = getattr(layer, "bias", None)
         if isinstance(bias, torch.Tensor) and bias.dtype == torch.float32:
-            attach(layer, HalfBias(), "bias")
+            attach(layer, HalfBias() if bits == 16 else GridBias(), "bias")
             count += 1
     return count
