@@ -10,7 +10,8 @@ in a fresh process (the second reads the dispatch cache the first wrote and re-v
 it, as a user's second run would), and the script prints per recipe and batch size the
 two speedups (decoded dense ms / runtime ms, medians), how many layers ran a kernel, whether
 the runtime was slower ("no": both >= 1.0; "within noise": the lower one within 3 % of 1)
-and whether the two runs agree within 20 % (``|a - b| / max(a, b) <= 0.2``).
+whether the two runs agree within 20 % (``|a - b| / max(a, b) <= 0.2``), and the share of
+digits test images on which the runtime model predicts what the decoded dense model does.
 
 Time it only on a quiet machine (``flock -x /tmp/cpu.lock``); making the files is not
 timed and can run first with ``--make-only``.
@@ -62,7 +63,7 @@ def make_files(name: str, work: Path, epochs: int) -> list[tuple[str, Path]]:
 def bench_once(file: Path, batch: str, repeats: int, max_seconds: float) -> dict:
     """One ``torchshrink bench --json`` in a fresh process."""
     cmd = [sys.executable, "-m", "torchshrink.cli", "bench", str(file), "--batch", batch, "--repeats", str(repeats),
-           "--max-seconds", str(max_seconds), "--json"]
+           "--max-seconds", str(max_seconds), "--data", "digits", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
@@ -80,8 +81,9 @@ def compare(name: str, runs: list[dict]) -> list[dict]:
         slower = "no" if min(s) >= 1.0 else "within noise" if min(s) >= 1.0 - NOISE else "yes"
         rows.append({"recipe": name, "batch": a["batch"], "speedup": [round(v, 3) for v in s],
                      "never_slower": min(s) >= 1.0, "slower": slower, "kernel_layers": kernels,
+                     "whole_model": b["paths"].get("(whole model)", "dense"),
                      "agree": abs(s[0] - s[1]) / max(s) <= AGREEMENT, "noisy": a["noisy"] or b["noisy"],
-                     "paths": b["paths"]})
+                     "predictions_equal": min(r["prediction_agreement"] for r in runs), "paths": b["paths"]})
     return rows
 
 
@@ -122,8 +124,9 @@ def main() -> None:
     for r in rows:
         if "speedup" in r:
             a, b = r["speedup"]
-            print(f"{r['recipe']:36s} b{r['batch']:<3d} {a:6.2f}x {b:6.2f}x  kernel layers {r['kernel_layers']:3d}  "
-                  f"slower: {r['slower']:12s} agree: {r['agree']!s:5s}{'  (noisy)' if r['noisy'] else ''}")
+            print(f"{r['recipe']:36s} b{r['batch']:<3d} {a:6.2f}x {b:6.2f}x  kernel layers {r['kernel_layers']:3d} (model: {r['whole_model']:6s})  "
+                  f"slower: {r['slower']:12s} agree: {r['agree']!s:5s} same predictions: {r['predictions_equal']:7.2%}"
+                  f"{'  (noisy)' if r['noisy'] else ''}")
         else:
             print(f"{r['recipe']:36s} {r.get('error') or r.get('file')}")
 

@@ -92,6 +92,22 @@ def _sum_rows(typingctx, cols_addr, stride, idx_addr, val_addr, p0, p1, out_addr
 
 
 @njit(cache=True, fastmath=True, inline="always")
+def _padded(src, pad, c_in, h, w, ph, pw):
+    """``src`` (c_in x h x w) zero-padded by ``ph, pw`` into ``pad``, or ``src`` itself when there is no padding."""
+    if not (ph or pw):
+        return src
+    hp, wp = h + 2 * ph, w + 2 * pw
+    for k in range(c_in * hp * wp):
+        pad[k] = 0.0
+    for c in range(c_in):
+        for i in range(h):
+            d0, s0 = c * hp * wp + (i + ph) * wp + pw, (c * h + i) * w
+            for j in range(w):
+                pad[d0 + j] = src[s0 + j]
+    return pad
+
+
+@njit(cache=True, fastmath=True, inline="always")
 def _conv_cols(src, dst, pad, cols, row, idx, val, bias, ptr):
     """One ``CONV_COLS`` op on one sample (see the module doc); ``row`` is its program row."""
     c_in, h, w, ph, pw, sh, sw = row[1], row[2], row[3], row[4], row[5], row[6], row[7]
@@ -99,17 +115,7 @@ def _conv_cols(src, dst, pad, cols, row, idx, val, bias, ptr):
     hp, wp = h + 2 * ph, w + 2 * pw
     n_pos = oh * ow
     stride = (n_pos + LANES - 1) // LANES * LANES
-    if ph or pw:
-        for k in range(c_in * hp * wp):
-            pad[k] = 0.0
-        for c in range(c_in):
-            for i in range(h):
-                d0, s0 = c * hp * wp + (i + ph) * wp + pw, (c * h + i) * w
-                for j in range(w):
-                    pad[d0 + j] = src[s0 + j]
-        xs = pad
-    else:
-        xs = src
+    xs = _padded(src, pad, c_in, h, w, ph, pw)
     if sh == 1 and sw == 1:  # wide rows: output k = i·Wp + j reads xpad[idx_p + k], no im2col
         span = (oh - 1) * wp + ow
         for o in range(n_out):
@@ -166,17 +172,7 @@ def _sample(x, ops, ptr, idx, val, bias, out, bufs, b):
             c_in, h, w, ph, pw, sh = ops[r, 1], ops[r, 2], ops[r, 3], ops[r, 4], ops[r, 5], ops[r, 6]
             sw, oh, ow, n_out, p0, b0 = ops[r, 7], ops[r, 8], ops[r, 9], ops[r, 10], ops[r, 11], ops[r, 12]
             hp, wp = h + 2 * ph, w + 2 * pw
-            if ph or pw:
-                for k in range(c_in * hp * wp):
-                    pad[k] = 0.0
-                for c in range(c_in):
-                    for i in range(h):
-                        d0, s0 = c * hp * wp + (i + ph) * wp + pw, (c * h + i) * w
-                        for j in range(w):
-                            pad[d0 + j] = src[s0 + j]
-                xs = pad
-            else:
-                xs = src
+            xs = _padded(src, pad, c_in, h, w, ph, pw)
             for o in range(n_out):
                 y0 = o * oh * ow
                 bo = bias[b0 + o]
