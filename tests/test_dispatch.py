@@ -234,3 +234,38 @@ def test_compare_latency_reports_min_median_spread() -> None:
         assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] and s["runs"] >= 5 and s["spread"] >= 0
     with pytest.raises(ModelError, match="at least one model"):
         compare_latency({}, (6,), 1)
+
+
+def test_the_runtime_model_holds_the_decoded_weights_once(shared_lenet) -> None:
+    """Layer twins are the plain model's own layers; layers without a kernel share its tensors."""
+    from torchshrink.runtime.dispatch import dispatching
+    from torchshrink.runtime.fused_net import FusedNet
+
+    fast = load(shared_lenet, batches=())
+    plain = fast.dense_twin
+    inner = fast.inner
+    per_layer = inner.dense_twin if isinstance(inner, FusedNet) else inner
+    assert per_layer.conv1.weight.data_ptr() == plain.conv1.weight.data_ptr()  # conv1 has no kernel: shared
+    twins = {m.layer_name: m.dense_twin for _, m in dispatching(fast) if m.layer_name in ("fc1", "fc2", "conv2")}
+    assert set(twins) == {"fc1", "fc2", "conv2"}
+    assert all(t is plain.get_submodule(name) for name, t in twins.items())
+
+
+def test_drop_twins_keeps_only_the_twins_a_dense_decision_needs(shared_lenet) -> None:
+    from torchshrink.runtime.dispatch import dispatching, drop_twins
+
+    fast, plain = load(shared_lenet, batches=()), load(shared_lenet, dense=True)
+    x = torch.randn(1, 1, 8, 8)
+    modules = dispatching(fast)
+    for _, m in modules:  # decided by hand: timing-free
+        m.decisions[tuple(x.shape)] = {"path": "dense" if m.layer_name == "fc2" else "kernel"}
+    undecided = next(m for _, m in modules if m.layer_name == "fc1")
+    undecided.decisions.clear()
+    assert drop_twins(fast) == len(modules) - 2
+    kept = {m.layer_name for _, m in modules if m.dense_twin is not None}
+    assert kept == {"fc1", "fc2"} and fast.dense_twin is None
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    lean = load(shared_lenet, batches=(1,), lean=True)  # the same through load, with measured decisions
+    for _, m in dispatching(lean):
+        assert m.dense_twin is None or any(d["path"] == "dense" for d in m.decisions.values())
+    torch.testing.assert_close(lean(x), plain(x), rtol=1e-5, atol=1e-5)

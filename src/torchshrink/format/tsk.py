@@ -351,7 +351,7 @@ def _check_fits(f: TskFile, model: nn.Module) -> None:
 
 def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense: bool = False,
          max_bytes: int = DEFAULT_MAX_BYTES, max_expansion: float = MAX_EXPANSION,
-         batches: tuple[int, ...] = (1, 64)) -> nn.Module:
+         batches: tuple[int, ...] = (1, 64), lean: bool = False) -> nn.Module:
     """Load a ``.tsk`` file (a path, or a :class:`TskFile` already read) as a model in eval mode.
 
     ``dense=False`` (the default): each layer whose weight is stored in a packed form
@@ -362,6 +362,12 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
     machine; with a recorded input shape that is decided now for ``batches``
     (:mod:`torchshrink.runtime.dispatch`), else on the first call of each input shape.
     ``dense=True``: a plain PyTorch model with the decoded weights, bit-exact.
+
+    ``lean=True`` trades that guarantee for memory: once the paths are decided, every
+    dense twin whose layer (or fused chain, or whole model) chose its kernel at each of
+    ``batches`` is dropped (:func:`torchshrink.runtime.dispatch.drop_twins`), so the
+    model holds the packed weights and only the decoded layers that run dense. Other
+    batch sizes then run the kernel, and so does autograd (inference only).
 
     With ``model`` given, its weights are replaced (keys and shapes must match the file);
     otherwise the architecture is rebuilt from the file's ``zoo_spec`` and surgery plan.
@@ -386,7 +392,14 @@ def load(source: str | Path | TskFile, *, model: nn.Module | None = None, dense:
     _check_fits(f, model)
     model.load_state_dict(_with_metadata(f.state_dict() if state is None else state, f, model))
     model.eval()
-    return model if dense else runtime_model(f, model, batches=tuple(batches)).eval()  # RuntimeModel starts in train mode
+    if dense:
+        return model
+    fast = runtime_model(f, model, batches=tuple(batches)).eval()  # RuntimeModel starts in train mode
+    if lean:
+        from ..runtime.dispatch import drop_twins
+
+        drop_twins(fast)
+    return fast
 
 
 def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1, 64)) -> nn.Module:
@@ -395,13 +408,15 @@ def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1
     Each runtime layer keeps its decoded dense twin and runs, per input shape, whichever
     of the two was measured faster on this machine (:mod:`torchshrink.runtime.dispatch`);
     when the file records a zoo input shape the paths are decided now for ``batches``.
+    The twins are ``plain``'s own layers, and the layers without a kernel share
+    ``plain``'s tensors: the decoded weights are in memory once, beside the kernels.
     """
     from ..runtime.dispatch import FUSED, Dispatching, RuntimeModel, attach_twin, settle
     from ..runtime.fused import fuse
     from ..runtime.modules import runtime_layers
     from ..runtime.xnor import fuse_bitwise
 
-    fast = copy.deepcopy(plain)
+    fast = _structure_copy(plain)
     for name, layer in list(fast.named_modules()):
         key = tensor_key(name, "weight")
         if key not in f.records:
@@ -415,7 +430,7 @@ def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1
             module = None
         if module is None:
             continue
-        module = attach_twin(module, copy.deepcopy(plain.get_submodule(name)), name)
+        module = attach_twin(module, plain.get_submodule(name), name)  # the plain layer itself: no second copy
         parent_name, _, child = name.rpartition(".")
         if not child:
             fast = module
@@ -438,6 +453,17 @@ def runtime_model(f: TskFile, plain: nn.Module, *, batches: tuple[int, ...] = (1
         fast = attach_twin(fused, fast, FUSED).eval()
     top = RuntimeModel(fast, plain, settled)
     return _calibrated(top, shape, batches) if ok else top
+
+
+def _structure_copy(plain: nn.Module) -> nn.Module:
+    """A copy of ``plain``'s modules that shares its parameters and buffers (inference only: nothing is trained).
+
+    The runtime model replaces its packed layers by runtime modules and keeps ``plain``
+    as the dense twin of the whole model and of each layer, so the decoded weights are
+    held once, not once per copy (a loaded model used to hold them three times).
+    """
+    memo: dict[int, Any] = {id(t): t for t in (*plain.parameters(), *plain.buffers())}
+    return copy.deepcopy(plain, memo)
 
 
 def _calibrated(model: nn.Module, shape: Any, batches: tuple[int, ...], then: Any = None) -> nn.Module:

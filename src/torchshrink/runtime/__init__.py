@@ -37,7 +37,7 @@ from .shared import SharedWeightsKernel, reference_shared_matmul, shared_matmul
 from .xnor import (BitwiseMLP, XnorConvWeight, XnorWeight, reference_xnor_conv2d, reference_xnor_matmul, xnor_conv2d,
                    xnor_matmul)
 from .sparse import SparseKernel, reference_sparse_matmul, sparse_matmul
-from .dispatch import calibrate, force, paths
+from .dispatch import calibrate, drop_twins, force, paths
 from .tt import TTKernel, reference_tt_matmul
 from .ternary import TernaryConv2d, TernaryKernel, TernaryLinear, reference_ternary_matmul, ternary_matmul
 
@@ -69,6 +69,7 @@ __all__ = [
     "sparse_matmul",
     "reference_sparse_matmul",
     "calibrate",
+    "drop_twins",
     "force",
     "paths",
 ]

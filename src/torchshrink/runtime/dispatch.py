@@ -270,6 +270,24 @@ def dispatching(model: nn.Module) -> list[tuple[str, Dispatching]]:
     return out
 
 
+def drop_twins(model: nn.Module) -> int:
+    """Drop the dense twin of every dispatching module of ``model`` that chose its kernel for every shape decided.
+
+    Outermost first (the whole model, a fused chain, then layers), so a twin that holds
+    further twins goes with them. A module with no decision yet, or a dense decision for
+    some shape, keeps its twin. Afterwards such a module runs its kernel for every shape,
+    and under autograd too (its kernel is inference-only). Returns how many were dropped.
+    """
+    dropped = 0
+    for _, m in dispatching(model):  # outermost first: dispatching() walks the tree, then each twin
+        if m.dense_twin is None or not m.decisions or any(d["path"] != "kernel" for d in m.decisions.values()):
+            continue
+        m.__dict__["_twin"] = None
+        m.__dict__["_routes"] = {}
+        dropped += 1
+    return dropped
+
+
 def force(model: nn.Module, path: str | None) -> nn.Module:
     """Make every dispatching layer of ``model`` run ``path`` (``"kernel"``, ``"dense"``; None: measured)."""
     if path is not None and path not in PATHS:

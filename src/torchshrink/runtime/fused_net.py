@@ -109,7 +109,10 @@ class FusedNet(Dispatching):
 
     def __getitem__(self, idx: Any) -> Any:
         """Indexing reaches the twin's layers, as attributes do (``fast[2]`` of a Sequential)."""
-        return self.__dict__["_twin"][0][idx]
+        twin = self.__dict__.get("_twin")
+        if not twin:
+            raise TypeError("this fused chain dropped its per-layer twin (load(..., lean=True)); it has no layers to index")
+        return twin[0][idx]
 
     def program(self, in_shape: tuple[int, ...]) -> tuple:
         """``(ops, ptr, idx, val, bias, width, out_shape, work)`` for one sample of shape ``in_shape``."""
