@@ -34,6 +34,7 @@ def main(out: Path) -> None:
     tensors.update({f"weight.{k}": v.contiguous() for k, v in effective_state_dict(model).items()})
     save_file(tensors, str(out / f"rank{dist.get_rank()}.safetensors"),
               metadata={"world_size": str(dist.get_world_size())})
+    dist.barrier()  # both ranks done with their collectives before either tears gloo down (one abort seen at load)
     dist.destroy_process_group()
 
 
