@@ -41,6 +41,8 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
+from ._aligned import empty64, zeros64
+
 TERNARY, BINARY = 0, 1
 #: Inputs per code and table entries per group, by kind.
 TRIT_WIDTH, TRIT_ENTRIES = 5, 243
@@ -184,8 +186,8 @@ def lut_matmul(x, codes_t, scales, kind, y, threads):
     for b0 in range(0, batch, BATCH_BLOCK):
         bb = min(BATCH_BLOCK, batch - b0)
         full = bb == BATCH_BLOCK
-        xp = np.zeros((n_groups * width, bb), np.float32)
-        xn = np.zeros((n_groups * width, bb), np.float32)
+        xp = zeros64((n_groups * width, bb))  # 64-byte aligned rows: see _aligned
+        xn = zeros64((n_groups * width, bb))
         for j in prange(n):
             if kind == TERNARY:
                 for b in range(bb):
@@ -194,8 +196,8 @@ def lut_matmul(x, codes_t, scales, kind, y, threads):
             else:
                 for b in range(bb):
                     xp[j, b] = x[b0 + b, j]
-        partial = np.zeros((nthreads, n_out, bb), np.float32)
-        tables = np.empty((nthreads, SUM_GROUP, entries, bb), np.float32)
+        partial = zeros64((nthreads, n_out, bb))
+        tables = empty64((nthreads, SUM_GROUP, entries, bb))
         for t in prange(nthreads):
             for blk in range(n_blocks * t // nthreads, n_blocks * (t + 1) // nthreads):
                 g0 = blk * SUM_GROUP
@@ -320,7 +322,7 @@ def perm_matvec(x, words, scales, kind, y, threads):
     n_out = y.size
     n = x.size
     groups = nk * 8
-    tables = np.zeros(groups * 16, np.float32)
+    tables = zeros64((groups * 16,))  # one zmm per table, on a cache line
     xs = np.zeros(nk * 32, np.float32)
     total = np.float32(0.0)
     for j in range(n):
@@ -339,7 +341,7 @@ def perm_matvec(x, words, scales, kind, y, threads):
             tables[b + c] = tables[b + c - 8] + x3
     steps = nk // PERM_WORDS
     nthreads = min(threads, steps)
-    acc = np.zeros(nthreads * planes * out_pad, np.float32)
+    acc = zeros64((nthreads * planes * out_pad,))
     flat = words.reshape(-1)
     n_blocks = out_pad // PERM_ROWS
     for t in prange(nthreads):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._aligned import empty64, zeros64
+
 #: Sub-spaces whose table entries are summed per visit of an output row.
 SUM_GROUP = 8
 #: Batch rows per pass of the batched kernel.
@@ -87,12 +89,12 @@ def pq_matmul(x, codebooks_t, codes_t, y, threads):
     for b0 in range(0, batch, BATCH_BLOCK):
         bb = min(BATCH_BLOCK, batch - b0)
         full = bb == BATCH_BLOCK
-        xt = np.zeros((n_sub * d, bb), np.float32)
+        xt = zeros64((n_sub * d, bb))  # 64-byte aligned rows: see _aligned
         for j in prange(n_in):
             for b in range(bb):
                 xt[j, b] = x[b0 + b, j]
-        partial = np.zeros((nthreads, n_out, bb), np.float32)
-        tables = np.empty((nthreads, SUM_GROUP, k, bb), np.float32)
+        partial = zeros64((nthreads, n_out, bb))
+        tables = empty64((nthreads, SUM_GROUP, k, bb))
         for t in prange(nthreads):
             for g in range(n_groups * t // nthreads, n_groups * (t + 1) // nthreads):
                 s0 = g * SUM_GROUP

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._aligned import empty64, zeros64
+
 #: Column indices per row chunk; 8 float32 lanes make one AVX2/AVX-512 ymm gather.
 CHUNK = 8
 #: Batch rows processed per pass of the batched kernel: the (in x BATCH_BLOCK) input
@@ -105,12 +107,12 @@ def rows_matmul(x, chunk_ptr, chunk_code, chunk_index, codebook, y, threads):
     n_out = y.shape[1]
     for b0 in range(0, batch, BATCH_BLOCK):
         bb = min(BATCH_BLOCK, batch - b0)
-        xt = np.empty((n + 1, bb), np.float32)
+        xt = empty64((n + 1, bb))  # 64-byte aligned rows: see _aligned
         for j in prange(n):
             for b in range(bb):
                 xt[j, b] = x[b0 + b, j]
         xt[n, :] = 0.0
-        yt = np.zeros((n_out, bb), np.float32)
+        yt = zeros64((n_out, bb))
         full = bb == BATCH_BLOCK
         for o in prange(n_out):
             for q in range(chunk_ptr[o], chunk_ptr[o + 1]):
