@@ -477,7 +477,7 @@ from torchshrink.runtime.modules import CompressedConv2d  # noqa: E402
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (1, 2, 1), (2, 1, 1), ((1, 2), (2, 0), (2, 1))])
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (1, 2, 1), (1, 1, (2, 1)), (2, 1, 1), ((1, 2), (2, 0), (2, 1))])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("kind", ["shared", "fp32"])
 def test_direct_sparse_conv_matches_conv2d(monkeypatch, kind, batch, stride, padding, dilation, parallel):

@@ -7,12 +7,20 @@ input plane (``Hp x Wp``). Output pixel ``(i, j)`` of channel ``o`` is then
 stride 1 the innermost loop over ``j`` reads contiguous inputs and vectorizes. This is
 the direct sparse convolution of Park et al. 2017 ("Faster CNNs with Direct Sparse
 Convolutions and Guided Pruning", ICLR 2017, §2), which skips im2col's copy of the input.
+
+At stride 1 each output channel is computed *wide* (``oh x Wp``: output ``k = i·Wp + j``
+reads ``xpad[off_p + k]``), 16 consecutive outputs in one register per nonzero
+(:func:`._fused_net_kernels._sum_rows`, as the fused LeNet program does); on planes as
+small as LeNet-5's the per-row loop above is too short to vectorize well.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from ._aligned import empty64
+from ._fused_net_kernels import LANES, _sum_rows
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -24,13 +32,30 @@ def sparse_conv2d(x, ptr, off, val, bias, ph, pw, sh, sw, oh, ow, y, threads):
     n_img, c_in, h, w = x.shape
     n_out = y.shape[1]
     hp, wp = h + 2 * ph, w + 2 * pw
-    xp = np.zeros((n_img, c_in * hp * wp), np.float32)
+    xp = np.zeros((n_img, c_in * hp * wp + LANES), np.float32)  # + LANES: the wide runs read past the last plane
     for n in prange(n_img):
         for c in range(c_in):
             for i in range(h):
                 base = c * hp * wp + (i + ph) * wp + pw
                 for j in range(w):
                     xp[n, base + j] = x[n, c, i, j]
+    if sh == 1 and sw == 1:  # wide rows, 16 outputs per register (see the module doc)
+        span = (oh - 1) * wp + ow
+        chunks = (span + LANES - 1) // LANES
+        wide = empty64((n_img * n_out, chunks * LANES + LANES))
+        for t in prange(n_img * n_out):
+            n = t // n_out
+            o = t - n * n_out
+            b = bias[o]
+            for k in range(chunks * LANES):
+                wide[t, k] = b
+            for c0 in range(0, span, LANES):
+                _sum_rows(xp[n].ctypes.data + np.uint64(4 * c0), 1, off.ctypes.data, val.ctypes.data,
+                          ptr[o], ptr[o + 1], wide[t].ctypes.data + np.uint64(4 * c0))
+            for i in range(oh):
+                for j in range(ow):
+                    y[n, o, i, j] = wide[t, i * wp + j]
+        return
     for t in prange(n_img * n_out):
         n = t // n_out
         o = t - n * n_out
