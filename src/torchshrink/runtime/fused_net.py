@@ -21,6 +21,7 @@ where it was measured faster.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -125,8 +126,11 @@ class FusedNet(Dispatching):
     def run_kernel(self, x: torch.Tensor) -> torch.Tensor:
         ops, ptr, idx, val, bias, width, out_shape, work = self.program(tuple(x.shape[1:]))
         n = x.shape[0]
-        xa = x.detach().to(torch.float32).reshape(n, -1).contiguous().numpy()
-        out = np.empty((n, int(np.prod(out_shape))), np.float32)
+        if x.dtype == torch.float32 and not x.requires_grad and x.is_contiguous():
+            xa = x.numpy().reshape(n, -1)  # zero-copy: the ordinary inference call, 2 us less than the chain below
+        else:
+            xa = x.detach().to(torch.float32).reshape(n, -1).contiguous().numpy()
+        out = np.empty((n, math.prod(out_shape)), np.float32)
         bufs = np.empty((n, 4, width), np.float32)
         run_kernel(fused_net, work * n, xa, ops, ptr, idx, val, bias, out, bufs)
         y = torch.from_numpy(out).reshape(n, *out_shape)
