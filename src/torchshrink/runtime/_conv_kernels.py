@@ -10,7 +10,7 @@ Convolutions and Guided Pruning", ICLR 2017, §2), which skips im2col's copy of 
 
 At stride 1 each output channel is computed *wide* (``oh x Wp``: output ``k = i·Wp + j``
 reads ``xpad[off_p + k]``), 16 consecutive outputs in one register per nonzero
-(:func:`._fused_net_kernels._sum_rows`, as the fused LeNet program does); on planes as
+(:func:`._fused_net_kernels.wide_channel`, as the fused LeNet program does); on planes as
 small as LeNet-5's the per-row loop above is too short to vectorize well.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._aligned import empty64
-from ._fused_net_kernels import LANES, _sum_rows
+from ._fused_net_kernels import LANES, wide_channel
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -40,21 +40,12 @@ def sparse_conv2d(x, ptr, off, val, bias, ph, pw, sh, sw, oh, ow, y, threads):
                 for j in range(w):
                     xp[n, base + j] = x[n, c, i, j]
     if sh == 1 and sw == 1:  # wide rows, 16 outputs per register (see the module doc)
-        span = (oh - 1) * wp + ow
-        chunks = (span + LANES - 1) // LANES
-        wide = empty64((n_img * n_out, chunks * LANES + LANES))
+        wide = empty64((n_img * n_out, (oh - 1) * wp + ow + LANES))
+        yf = y.reshape((n_img, n_out, oh * ow))
         for t in prange(n_img * n_out):
             n = t // n_out
             o = t - n * n_out
-            b = bias[o]
-            for k in range(chunks * LANES):
-                wide[t, k] = b
-            for c0 in range(0, span, LANES):
-                _sum_rows(xp[n].ctypes.data + np.uint64(4 * c0), 1, off.ctypes.data, val.ctypes.data,
-                          ptr[o], ptr[o + 1], wide[t].ctypes.data + np.uint64(4 * c0))
-            for i in range(oh):
-                for j in range(ow):
-                    y[n, o, i, j] = wide[t, i * wp + j]
+            wide_channel(xp[n], off, val, ptr[o], ptr[o + 1], bias[o], wide[t], oh, ow, wp, yf[n, o], 0)
         return
     for t in prange(n_img * n_out):
         n = t // n_out

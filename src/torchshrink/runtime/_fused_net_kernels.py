@@ -92,6 +92,27 @@ def _sum_rows(typingctx, cols_addr, stride, idx_addr, val_addr, p0, p1, out_addr
 
 
 @njit(cache=True, fastmath=True, inline="always")
+def wide_channel(xs, idx, val, begin, end, bias_o, wide, oh, ow, wp, dst, d0):
+    """One output channel at stride 1: ``dst[d0 + i·ow + j] = bias_o + Σ_p val[p] · xs[idx[p] + i·Wp + j]``.
+
+    ``p`` runs over ``begin .. end``; the sums are taken *wide* (see the module doc),
+    :data:`LANES` consecutive outputs ``k = i·Wp + j`` per :func:`_sum_rows` call, in the
+    scratch ``wide`` (at least ``(oh - 1)·Wp + ow + LANES`` floats); ``xs`` must hold
+    :data:`LANES` readable floats past its last plane. Shared by ``CONV_COLS`` and
+    :func:`._conv_kernels.sparse_conv2d`.
+    """
+    span = (oh - 1) * wp + ow
+    for c0 in range(0, span, LANES):
+        for k in range(LANES):
+            wide[c0 + k] = bias_o
+        _sum_rows(xs.ctypes.data + np.uint64(4 * c0), 1, idx.ctypes.data, val.ctypes.data, begin, end,
+                  wide.ctypes.data + np.uint64(4 * c0))
+    for i in range(oh):
+        for j in range(ow):
+            dst[d0 + i * ow + j] = wide[i * wp + j]
+
+
+@njit(cache=True, fastmath=True, inline="always")
 def _padded(src, pad, c_in, h, w, ph, pw):
     """``src`` (c_in x h x w) zero-padded by ``ph, pw`` into ``pad``, or ``src`` itself when there is no padding."""
     if not (ph or pw):
@@ -117,18 +138,8 @@ def _conv_cols(src, dst, pad, cols, row, idx, val, bias, ptr):
     stride = (n_pos + LANES - 1) // LANES * LANES
     xs = _padded(src, pad, c_in, h, w, ph, pw)
     if sh == 1 and sw == 1:  # wide rows: output k = i·Wp + j reads xpad[idx_p + k], no im2col
-        span = (oh - 1) * wp + ow
         for o in range(n_out):
-            bo = bias[b0 + o]
-            for c0 in range(0, span, LANES):
-                y0 = o * oh * wp + c0  # a chunk's tail spills into the next channel's (rewritten after)
-                for k in range(LANES):
-                    cols[y0 + k] = bo
-                _sum_rows(xs.ctypes.data + np.uint64(4 * c0), 1, idx.ctypes.data, val.ctypes.data,
-                          ptr[p0 + o], ptr[p0 + o + 1], cols.ctypes.data + np.uint64(4 * y0))
-            for i in range(oh):
-                for j in range(ow):
-                    dst[(o * oh + i) * ow + j] = cols[o * oh * wp + i * wp + j]
+            wide_channel(xs, idx, val, ptr[p0 + o], ptr[p0 + o + 1], bias[b0 + o], cols, oh, ow, wp, dst, o * n_pos)
         return n_out * n_pos
     for c in range(c_in):  # im2col: one row of ``stride`` positions per (input channel, ky, kx)
         for ky in range(kh):

@@ -171,7 +171,7 @@ def _compile(layers: list[nn.Module], in_shape: tuple[int, ...]) -> tuple:
             ptr = np.zeros(m.out_channels + 1, np.int64)
             np.cumsum(np.bincount(o, minlength=m.out_channels), out=ptr[1:])
             wide = sh == 1 and sw == 1  # CONV_COLS reads the padded input directly (see the kernel module)
-            cols = m.out_channels * oh * wp + LANES if wide else c * kh * kw * -(-oh * ow // LANES) * LANES
+            cols = (oh - 1) * wp + ow + LANES if wide else c * kh * kw * -(-oh * ow // LANES) * LANES
             offsets = ci * hp * wp + ky * dh * wp + kx * dw
             if wide or cols <= MAX_COLS:
                 rows.append([CONV_COLS, c, h, w, ph, pw, sh, sw, oh, ow, m.out_channels, n_ptr, n_bias, kh, kw, dh, dw])
