@@ -117,3 +117,17 @@ def codes(value: Any, what: str, shape: tuple[int, ...], k: int) -> np.ndarray:
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= k):
         raise TskFormatError(f"{what} must lie in [0, {k - 1}] for a codebook of {k} entries; the data is corrupted.")
     return arr  # numpy indexes with any integer dtype: no int64 copy of a weight-sized array
+
+
+#: Exponents ``e`` a stored power-of-two grid (``k · 2^e``, :mod:`~torchshrink.quantize.pow2`) may
+#: have: float32's normal range, with room for an 8-bit code.
+GRID_EXP_RANGE = (-140, 120)
+
+
+def grid_exp(params: Mapping[str, Any], key: str, form: str) -> int:
+    """The grid exponent a record's ``params[key]`` holds: an integer in :data:`GRID_EXP_RANGE`."""
+    exp = params.get(key)
+    if not isinstance(exp, int) or isinstance(exp, bool) or not GRID_EXP_RANGE[0] <= exp <= GRID_EXP_RANGE[1]:
+        raise TskFormatError(f"a {form} record's {key} must be an integer in {list(GRID_EXP_RANGE)}; "
+                             "the file is corrupted.")
+    return exp

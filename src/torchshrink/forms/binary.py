@@ -30,10 +30,7 @@ from torch import nn
 from ..format.errors import TskFormatError, check_shape
 from ..format.streams import FLOAT_CODECS, Encoded, Options, float_stream, int_stream
 from ..quantize.pow2 import grid_codes, grid_values
-from .base import Form, StreamReader, codes, floats, get
-
-#: Exponents a grid α may have: float32's normal range, with room for the 8-bit code.
-EXP_RANGE = (-140, 120)
+from .base import Form, StreamReader, codes, floats, get, grid_exp
 
 
 def inline_floats(params: Mapping[str, Any], keys: tuple[str, ...], form: str) -> np.ndarray:
@@ -84,11 +81,7 @@ class Binary(Form):
         if rec["params"].get("inline") == 1:
             alpha = inline_floats(rec["params"], ("alpha",), "binary")
         elif "alpha_exp" in rec["params"]:
-            exp = rec["params"]["alpha_exp"]
-            if not isinstance(exp, int) or isinstance(exp, bool) or not EXP_RANGE[0] <= exp <= EXP_RANGE[1]:
-                raise TskFormatError(f"a binary record's alpha_exp must be an integer in {list(EXP_RANGE)}; "
-                                     "the file is corrupted.")
-            alpha = grid_values(read("alpha", ndim=1), exp, 8, signed=False)
+            alpha = grid_values(read("alpha", ndim=1), grid_exp(rec["params"], "alpha_exp", "binary"), 8, signed=False)
         else:
             alpha = read("alpha", ndim=1).astype(np.float32)  # fp16 where that was exact
         return {"form": "binary", "shape": rec["shape"], "positive": read("positive", rec["shape"]), "alpha": alpha}

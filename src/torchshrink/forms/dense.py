@@ -22,10 +22,7 @@ from ..format.errors import TskFormatError
 from ..format.codecs import RAW_DTYPES
 from ..format.streams import Encoded, Options, Stream, float_stream, int_stream
 from ..quantize.pow2 import grid_codes, grid_values
-from .base import FLOATS, Form, Plain, StreamReader
-
-#: Exponents a grid vector may have: float32's normal range, with room for the 8-bit code.
-EXP_RANGE = (-140, 120)
+from .base import FLOATS, Form, Plain, StreamReader, grid_exp
 
 
 def encode_raw(arr: np.ndarray, dtype_name: str) -> Stream:
@@ -71,10 +68,7 @@ class Dense(Form):
 
     def decode(self, read: StreamReader, rec: Mapping[str, Any]) -> np.ndarray:
         if "exp" in rec["params"]:
-            exp = rec["params"]["exp"]
-            if not isinstance(exp, int) or isinstance(exp, bool) or not EXP_RANGE[0] <= exp <= EXP_RANGE[1]:
-                raise TskFormatError(f"a dense record's exp must be an integer in {list(EXP_RANGE)}; "
-                                     "the file is corrupted.")
+            exp = grid_exp(rec["params"], "exp", "dense")
             if rec["dtype"] != "float32":
                 raise TskFormatError(f"8-bit grid data under a {rec['dtype']!r} record; the file is corrupted.")
             return grid_values(read("data", rec["shape"]), exp, 8, signed=True)

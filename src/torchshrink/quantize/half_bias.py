@@ -35,7 +35,7 @@ class HalfBias(WeightTransform):
 
 
 class GridBias(WeightTransform):
-    """``b ↦ k · 2^e`` (8-bit signed ``k``, see :mod:`~torchshrink.quantize.pow2`) forward, straight-through gradient."""
+    """``b ↦ k · 2^e`` (8-bit signed ``k``, :mod:`~torchshrink.quantize.pow2`) forward, straight-through gradient."""
 
     def forward(self, b: torch.Tensor) -> torch.Tensor:
         return round_to_grid(b, 8, signed=True)

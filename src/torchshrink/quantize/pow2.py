@@ -63,9 +63,10 @@ def grid_codes(x: np.ndarray, bits: int = 8, signed: bool = True) -> tuple[np.nd
     k = np.ldexp(x, -e)
     if not np.array_equal(k, np.round(k)) or np.abs(k).max() > top:
         return None
-    if not np.array_equal(grid_values(_offset(k, bits, signed), e, bits, signed).view(np.uint32), x.view(np.uint32)):
+    codes = _offset(k, bits, signed)
+    if not np.array_equal(grid_values(codes, e, bits, signed).view(np.uint32), x.view(np.uint32)):
         return None  # -0.0, or a value the exponent cannot reach exactly (subnormals)
-    return _offset(k, bits, signed), e
+    return codes, e
 
 
 def _offset(k: np.ndarray, bits: int, signed: bool) -> np.ndarray:

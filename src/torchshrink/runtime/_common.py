@@ -161,14 +161,18 @@ def input_matrix(
             f"{weight_shape} (out_features x in_features); the input's last dimension "
             f"must be {in_features}."
         )
-    lead = tuple(x.shape[:-1])
-    # Each torch call before a kernel costs more than its own microsecond (it evicts the
-    # kernel launcher's code and branch history), so the common case makes just one.
+    return float32_numpy(x).reshape(-1, in_features), tuple(x.shape[:-1]), x.dtype
+
+
+def float32_numpy(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a C-contiguous float32 numpy array: a view when it already is one (no grad), else a copy.
+
+    Each torch call before a kernel costs more than its own microsecond (it evicts the
+    kernel launcher's code and branch history), so the common case makes just one.
+    """
     if x.dtype == torch.float32 and not x.requires_grad and x.is_contiguous():
-        arr = x.numpy()
-    else:
-        arr = x.detach().to(torch.float32).contiguous().numpy()
-    return arr.reshape(-1, in_features), lead, x.dtype
+        return x.numpy()
+    return x.detach().to(torch.float32).contiguous().numpy()
 
 
 def output_tensor(

@@ -131,8 +131,8 @@ def _padded(src, pad, c_in, h, w, ph, pw):
 @njit(cache=True, fastmath=True, inline="always")
 def _conv_cols(src, dst, pad, cols, row, idx, val, bias, ptr):
     """One ``CONV_COLS`` op on one sample (see the module doc); ``row`` is its program row."""
-    c_in, h, w, ph, pw, sh, sw = row[1], row[2], row[3], row[4], row[5], row[6], row[7]
-    oh, ow, n_out, p0, b0, kh, kw, dh, dw = row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16]
+    c_in, h, w, ph, pw, sh, sw, oh, ow = row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9]
+    n_out, p0, b0, kh, kw, dh, dw = row[10], row[11], row[12], row[13], row[14], row[15], row[16]
     hp, wp = h + 2 * ph, w + 2 * pw
     n_pos = oh * ow
     stride = (n_pos + LANES - 1) // LANES * LANES

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ._common import run_kernel
+from ._common import float32_numpy, run_kernel
 from ._fused_net_kernels import CONV, CONV_COLS, LANES, LINEAR, POOL, RELU, fused_net
 from .dispatch import Dispatching
 from .modules import im2col_ok
@@ -112,7 +112,8 @@ class FusedNet(Dispatching):
         """Indexing reaches the twin's layers, as attributes do (``fast[2]`` of a Sequential)."""
         twin = self.__dict__.get("_twin")
         if not twin:
-            raise TypeError("this fused chain dropped its per-layer twin (load(..., lean=True)); it has no layers to index")
+            raise TypeError("this fused chain dropped its per-layer twin (load(..., lean=True)); "
+                            "it has no layers to index")
         return twin[0][idx]
 
     def program(self, in_shape: tuple[int, ...]) -> tuple:
@@ -126,10 +127,7 @@ class FusedNet(Dispatching):
     def run_kernel(self, x: torch.Tensor) -> torch.Tensor:
         ops, ptr, idx, val, bias, width, out_shape, work = self.program(tuple(x.shape[1:]))
         n = x.shape[0]
-        if x.dtype == torch.float32 and not x.requires_grad and x.is_contiguous():
-            xa = x.numpy().reshape(n, -1)  # zero-copy: the ordinary inference call, 2 us less than the chain below
-        else:
-            xa = x.detach().to(torch.float32).reshape(n, -1).contiguous().numpy()
+        xa = float32_numpy(x).reshape(n, -1)
         out = np.empty((n, math.prod(out_shape)), np.float32)
         bufs = np.empty((n, 4, width), np.float32)
         run_kernel(fused_net, work * n, xa, ops, ptr, idx, val, bias, out, bufs)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import ModelError
 from . import _conv_kernels
-from ._common import run_kernel
+from ._common import float32_numpy, run_kernel
 from .dispatch import Dispatching
 
 
@@ -115,10 +115,7 @@ class CompressedConv2d(Dispatching):
             y = self.weight_.matmul(cols.transpose(1, 2), self.bias)  # (n, oh*ow, out)
             return y.transpose(1, 2).reshape(n, self.out_channels, oh, ow)
         ptr, off, val = self.taps(h, w)
-        if x.dtype == torch.float32 and not x.requires_grad and x.is_contiguous():
-            xa = x.numpy()  # zero-copy, one torch call (see _common.input_matrix)
-        else:
-            xa = x.detach().to(torch.float32).contiguous().numpy()
+        xa = float32_numpy(x)
         y = np.empty((n, self.out_channels, oh, ow), np.float32)
         args = (xa, ptr, off, val, self._bias_np, *self.padding, *self.stride, oh, ow, y)
         run_kernel(_conv_kernels.sparse_conv2d, val.size * oh * ow * n, *args)
