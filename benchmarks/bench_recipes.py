@@ -50,11 +50,11 @@ def make_files(name: str, work: Path, epochs: int) -> list[tuple[str, Path]]:
     from torchshrink.pipeline import run_recipe
     from torchshrink.recipe import load_recipe, short_run_overrides
 
-    out = work / name
+    out, recipe = work / name, load_recipe(name)
     if not (out / "model.tsk").exists():
-        sets = short_run_overrides(load_recipe(name), epochs)
+        sets = short_run_overrides(recipe, epochs)
         run_recipe(load_recipe(name, sets), out, progress=False, console=Console(file=io.StringIO()))
-    baselines = {s.include_baseline for s in load_recipe(name).stages if getattr(s, "include_baseline", None)}
+    baselines = {s.include_baseline for s in recipe.stages if getattr(s, "include_baseline", None)}
     methods = [f for f in sorted((out / "compare").glob("*.tsk"))
                if not any(f.stem == b or f.stem.endswith(f"-{b}") for b in baselines)]
     return [(name, out / "model.tsk")] + [(f"{name}/{f.stem}", f) for f in methods]
@@ -72,16 +72,18 @@ def bench_once(file: Path, batch: str, repeats: int, max_seconds: float) -> dict
 
 def compare(name: str, runs: list[dict]) -> list[dict]:
     """One row per batch size: both speedups, never-slower and agreement flags, the paths of the last run."""
+    from torchshrink.runtime.dispatch import WHOLE_MODEL, layer_counts
+
     if any("error" in r for r in runs):
         return [{"recipe": name, "error": next(r["error"] for r in runs if "error" in r)}]
     rows = []
     for a, b in zip(runs[0]["rows"], runs[1]["rows"]):
         s = [a["speedup"], b["speedup"]]
-        kernels = sum(1 for k, p in b["paths"].items() if p in ("kernel", "fused") and not k.startswith("("))
+        kernels, _ = layer_counts(b["paths"])
         slower = "no" if min(s) >= 1.0 else "within noise" if min(s) >= 1.0 - NOISE else "yes"
         rows.append({"recipe": name, "batch": a["batch"], "speedup": [round(v, 3) for v in s],
                      "never_slower": min(s) >= 1.0, "slower": slower, "kernel_layers": kernels,
-                     "whole_model": b["paths"].get("(whole model)", "dense"),
+                     "whole_model": b["paths"].get(WHOLE_MODEL, "dense"),
                      "agree": abs(s[0] - s[1]) / max(s) <= AGREEMENT, "noisy": a["noisy"] or b["noisy"],
                      "predictions_equal": min(r["prediction_agreement"] for r in runs), "paths": b["paths"]})
     return rows

@@ -388,14 +388,15 @@ def bench(
 def _print_bench(file: Path, result: dict) -> None:
     from rich.table import Table
 
+    from .runtime.dispatch import layer_counts
+
     t = Table(title=f"{file}: runtime vs decoded dense PyTorch (interleaved, repeated until the medians are stable)")
     for col in ("batch", "dense ms (min / median / spread)", "runtime ms (min / median / spread)", "speed-up",
                 "stable", "paths (kernel / dense layers)"):
         t.add_column(col, justify="right")
     for r in result["rows"]:
         d, c = r["dense"], r["runtime"]
-        kernel = sum(1 for k, p in r["paths"].items() if p in ("kernel", "fused") and not k.startswith("("))
-        dense = sum(1 for k, p in r["paths"].items() if p == "dense" and not k.startswith("("))
+        kernel, dense = layer_counts(r["paths"])
         t.add_row(str(r["batch"]), f"{d['min_ms']:.4f} / {d['median_ms']:.4f} / {d['spread']:.0%}",
                   f"{c['min_ms']:.4f} / {c['median_ms']:.4f} / {c['spread']:.0%}", f"{r['speedup']:.2f}x",
                   "yes" if r["stable"] else "no", f"{kernel} / {dense}")

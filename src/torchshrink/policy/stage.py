@@ -252,6 +252,7 @@ def _plot(doc: dict[str, Any], path: Any) -> None:
     ax.legend(fontsize=7)
     save_figure(fig, path)
 
+
 def summary(report: Mapping[str, Any]) -> Any:
     """The chosen settings vs the best uniform ones: predicted and measured cost, held-out loss, accuracy."""
     doc = report.get("policy")

@@ -316,6 +316,15 @@ def calibrate(model: nn.Module, input_shape: Sequence[int], batches: Iterable[in
     return model
 
 
+def layer_counts(layer_paths: dict[str, str]) -> tuple[int, int]:
+    """``(kernel, dense)``: how many layers of a :func:`path_at` map run a kernel (or a fused program) and dense.
+
+    The whole-model and fused-chain entries (names in parentheses) are not layers.
+    """
+    layers = [p for name, p in layer_paths.items() if not name.startswith("(")]
+    return sum(p in ("kernel", "fused") for p in layers), sum(p == "dense" for p in layers)
+
+
 def paths(model: nn.Module) -> list[dict[str, Any]]:
     """One row per (layer, input shape) decided: ``layer, batch, input_shape, path, kernel_ms, dense_ms, cached``."""
     rows = []
